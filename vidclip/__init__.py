@@ -1,0 +1,30 @@
+"""vidclip: video-language models from image CLIP (open_clip) with swappable temporal heads.
+
+The public contract (DESIGN.md). Importing vidclip loads no decoder, no weights and needs no GPU.
+"""
+
+from vidclip.checkpoint import load_checkpoint, save_checkpoint
+from vidclip.heads import list_heads, register_head
+from vidclip.metrics import retrieval_metrics
+from vidclip.model import VideoCLIP, VideoFeatures, create_model, get_tokenizer
+from vidclip.video import VideoDecodeError, get_video_transform, load_clip, load_video, sample_indices
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VideoCLIP",
+    "VideoDecodeError",
+    "VideoFeatures",
+    "__version__",
+    "create_model",
+    "get_tokenizer",
+    "get_video_transform",
+    "list_heads",
+    "load_checkpoint",
+    "load_clip",
+    "load_video",
+    "register_head",
+    "retrieval_metrics",
+    "sample_indices",
+    "save_checkpoint",
+]

@@ -1,0 +1,76 @@
+"""Save and load VideoCLIP weights as safetensors, with the spec that rebuilds the model inside the file.
+
+A checkpoint is one ``model.safetensors`` whose metadata holds the ``ModelSpec`` (open_clip model name,
+pretrained tag, head and options, frames) and the vidclip version, so the file alone rebuilds the model, with
+no download and no pickle. A training run directory holds ``model.safetensors`` at the end and
+``checkpoints/step_XXXXXXXX/model.safetensors`` along the way; ``load_checkpoint(run_dir)`` takes the final one,
+else the latest step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from vidclip.model import ModelSpec, VideoCLIP, build_model
+
+WEIGHTS_NAME = "model.safetensors"
+_METADATA_KEY = "vidclip_spec"
+
+
+def save_checkpoint(model: VideoCLIP, path: str | os.PathLike) -> Path:
+    """Write ``model``'s weights and spec to ``path`` (a .safetensors file, or a directory to hold one)."""
+    from safetensors.torch import save_file
+
+    from vidclip import __version__
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / WEIGHTS_NAME
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    metadata = {_METADATA_KEY: json.dumps(asdict(model.spec)), "vidclip_version": __version__}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint under the real name
+    return path
+
+
+def find_weights(path: str | os.PathLike) -> Path:
+    """The weights file a path names: the file itself, ``DIR/model.safetensors``, or the latest step checkpoint."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if (path / WEIGHTS_NAME).is_file():
+        return path / WEIGHTS_NAME
+    steps = sorted((path / "checkpoints").glob(f"step_*/{WEIGHTS_NAME}"))
+    if steps:
+        return steps[-1]
+    raise FileNotFoundError(f"{path} holds no {WEIGHTS_NAME} (nor checkpoints/step_*/{WEIGHTS_NAME})")
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> VideoCLIP:
+    """Rebuild the VideoCLIP saved at ``path`` (a run directory or a .safetensors file) without downloading."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    weights = find_weights(path)
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as err:
+        raise ValueError(f"{weights} is not a readable safetensors checkpoint: {err}") from err
+    if _METADATA_KEY not in metadata:
+        raise ValueError(f"{weights} has no vidclip model spec in its metadata: not written by vidclip")
+    spec = ModelSpec(**json.loads(metadata[_METADATA_KEY]))
+    model = build_model(spec, load_pretrained=False)
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not match its model spec: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(device)

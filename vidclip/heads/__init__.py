@@ -1,0 +1,6 @@
+"""Temporal heads: importing this package registers every built-in head (one module each)."""
+
+from vidclip.heads import mean  # noqa: F401  (registers "mean")
+from vidclip.heads.base import HEADS, InstalledModule, TemporalHead, VideoLayout, create_head, list_heads, register_head
+
+__all__ = ["HEADS", "InstalledModule", "TemporalHead", "VideoLayout", "create_head", "list_heads", "register_head"]

@@ -1,0 +1,20 @@
+"""``mean``: CLIP4Clip's meanP — the parameter-free baseline every other head is compared with."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vidclip.heads.base import TemporalHead, masked_mean, register_head
+
+
+@register_head("mean")
+class MeanHead(TemporalHead):
+    """Masked mean of L2-normalised frame features, renormalised (CLIP4Clip "meanP").
+
+    Text-independent, order-blind, no parameters. Reference: Luo et al., "CLIP4Clip", 2021, Sec. 3.3.
+    """
+
+    def pool(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        frames = F.normalize(frames, dim=-1)  # (B, T, D)
+        return F.normalize(masked_mean(frames, mask), dim=-1)  # (B, D)

@@ -1,0 +1,210 @@
+"""Decoder backends behind one small interface, and ``load_video``.
+
+A backend opens a file as a :class:`VideoReader` (frame count, frame rate, ``get_frames(indices)``) and is
+registered by name in :data:`DECODERS`. ``decord`` (CPU, seeks to the needed frames) is the default; ``pyav``
+is the fallback where decord is missing or cannot open a file. A GPU decoder registers the same way and
+returns frames on its device. Backends are imported lazily: ``import vidclip`` needs neither library.
+
+Frames are indexed in presentation order from 0, as both decord and FFmpeg's decoder emit them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from vidclip.video.errors import VideoDecodeError, diagnose
+from vidclip.video.sampling import SamplingStrategy, pad_indices, sample_indices
+
+
+class VideoReader(Protocol):
+    """An open video: ``get_frames`` returns uint8 RGB frames (k, H, W, 3) for sorted, in-range indices."""
+
+    path: str
+    num_frames: int
+    fps: float
+
+    def get_frames(self, indices: list[int]) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
+DECODERS: dict[str, Callable[[str], VideoReader]] = {}
+
+
+def register_decoder(name: str) -> Callable:
+    """Class decorator: make a reader class available as ``decoder=name``."""
+
+    def wrap(cls):
+        DECODERS[name] = cls
+        return cls
+
+    return wrap
+
+
+@register_decoder("decord")
+class DecordReader:
+    """CPU decoding with decord (the ``decord2`` fork); ``get_batch`` seeks instead of decoding every frame."""
+
+    def __init__(self, path: str, num_threads: int = 1):
+        import decord  # lazy: optional at import time
+
+        self.path = path
+        try:
+            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
+        except Exception as err:  # decord raises DECORDError / RuntimeError with FFmpeg's text
+            raise VideoDecodeError(path, diagnose(path, err)) from err
+        self.num_frames = len(self._reader)
+        self.fps = float(self._reader.get_avg_fps())
+
+    def get_frames(self, indices: list[int]) -> torch.Tensor:
+        try:
+            frames = self._reader.get_batch(list(indices)).asnumpy()
+        except Exception as err:
+            raise VideoDecodeError(self.path, diagnose(self.path, err, num_frames=self.num_frames)) from err
+        return torch.from_numpy(frames)
+
+    def close(self) -> None:
+        self._reader = None
+
+
+@register_decoder("pyav")
+class PyAVReader:
+    """CPU decoding with PyAV: decodes in order up to the last needed frame, converting only the needed ones."""
+
+    def __init__(self, path: str):
+        import av
+
+        self.path = path
+        try:
+            self._container = av.open(path)
+        except Exception as err:
+            raise VideoDecodeError(path, diagnose(path, err)) from err
+        if not self._container.streams.video:
+            self._container.close()
+            raise VideoDecodeError(path, "no video stream (the file holds only audio, subtitles or data)")
+        stream = self._container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        self.fps = float(rate) if rate else 0.0
+        self.num_frames = stream.frames or self._count_packets()
+
+    def _count_packets(self) -> int:
+        """Containers without a frame count in the header (WebM, some MKV): count the video packets."""
+        stream = self._container.streams.video[0]
+        count = sum(1 for packet in self._container.demux(stream) if packet.size > 0)
+        self._container.seek(0)
+        return count
+
+    def get_frames(self, indices: list[int]) -> torch.Tensor:
+        wanted = sorted(set(int(i) for i in indices))
+        found: dict[int, torch.Tensor] = {}
+        self._container.seek(0)
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for position, frame in enumerate(self._container.decode(stream)):
+                if position in wanted:
+                    found[position] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                if position >= wanted[-1]:
+                    break
+        except Exception as err:
+            raise VideoDecodeError(self.path, diagnose(self.path, err, num_frames=self.num_frames)) from err
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            raise VideoDecodeError(
+                self.path,
+                f"truncated: the container lists {self.num_frames} frames but decoding stopped "
+                f"after {len(found) and max(found) + 1 or 0} (frame {missing[0]} is missing)",
+            )
+        return torch.stack([found[int(i)] for i in indices])
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def default_decoder() -> str:
+    """``decord`` where it is installed, else ``pyav``."""
+    try:
+        import decord  # noqa: F401
+
+        return "decord"
+    except ImportError:
+        return "pyav"
+
+
+def open_video(path: str | os.PathLike, decoder: str = "auto") -> VideoReader:
+    """Open ``path`` with the named backend; raises FileNotFoundError or VideoDecodeError naming the file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such video file: {path}")
+    if os.path.isdir(path):
+        raise VideoDecodeError(path, "is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    name = default_decoder() if decoder == "auto" else decoder
+    if name not in DECODERS:
+        raise ValueError(f"decoder must be 'auto' or one of {sorted(DECODERS)}, got {decoder!r}")
+    reader = DECODERS[name](path)
+    if reader.num_frames < 1:
+        reader.close()
+        raise VideoDecodeError(path, "the video stream has no frames")
+    return reader
+
+
+@dataclass
+class VideoClip:
+    """Sampled frames of one video. frames: uint8 (T, H, W, 3) RGB; mask: bool (T,), True = a real frame."""
+
+    frames: torch.Tensor
+    mask: torch.Tensor
+    indices: torch.Tensor
+    num_total_frames: int
+    fps: float
+
+
+def load_clip(
+    path: str | os.PathLike,
+    num_frames: int = 8,
+    sampling: SamplingStrategy = "uniform",
+    *,
+    fps: float | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    decoder: str = "auto",
+) -> VideoClip:
+    """Decode the ``num_frames`` frames that ``sampling`` picks; a shorter video repeats its last frame (masked)."""
+    reader = open_video(path, decoder)
+    try:
+        real = sample_indices(
+            reader.num_frames, num_frames, sampling, fps=fps, video_fps=reader.fps, seed=seed, generator=generator
+        )
+        frames = reader.get_frames(real.tolist())  # (k, H, W, 3)
+    finally:
+        reader.close()
+    indices, mask = pad_indices(real, num_frames)
+    if len(real) < num_frames:
+        frames = torch.cat([frames, frames[-1:].expand(num_frames - len(real), *frames.shape[1:])])
+    return VideoClip(frames=frames, mask=mask, indices=indices, num_total_frames=reader.num_frames, fps=reader.fps)
+
+
+def load_video(
+    path: str | os.PathLike,
+    num_frames: int = 8,
+    sampling: SamplingStrategy = "uniform",
+    *,
+    fps: float | None = None,
+    seed: int | None = None,
+    decoder: str = "auto",
+    return_mask: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Decode a video's sampled frames as torch.uint8 (T, H, W, 3) RGB (and the (T,) bool mask if asked).
+
+    Only the sampled frames are decoded. A video with fewer usable frames than ``num_frames`` repeats its last
+    frame; ``return_mask=True`` tells which frames are real. See :func:`vidclip.sample_indices` for strategies.
+    """
+    clip = load_clip(path, num_frames, sampling, fps=fps, seed=seed, decoder=decoder)
+    return (clip.frames, clip.mask) if return_mask else clip.frames

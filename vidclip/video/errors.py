@@ -1,0 +1,66 @@
+"""Readable reasons for videos that cannot be decoded.
+
+Decoders fail with FFmpeg's terse text ("moov atom not found", "Invalid data found when processing input").
+:func:`diagnose` turns that into a reason a user can act on: empty, not a video, truncated, no video stream.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Leading bytes of the containers users meet; a file that starts like one but fails to open was cut short.
+_CONTAINER_SIGNATURES: tuple[tuple[int, bytes], ...] = (
+    (4, b"ftyp"),  # MP4 / MOV / 3GP
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
+    (0, b"RIFF"),  # AVI
+    (0, b"OggS"),  # Ogg
+    (0, b"FLV"),  # Flash video
+    (0, b"\x00\x00\x01\xba"),  # MPEG program stream
+    (0, b"\x47"),  # MPEG transport stream (sync byte)
+)
+_TRUNCATION_HINTS = ("moov atom not found", "end of file", "truncat", "partial file", "invalid nal")
+
+
+class VideoDecodeError(ValueError):
+    """A video file that cannot be decoded; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot decode video {self.path!r}: {reason}")
+
+
+def _looks_like_container(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return any(head[offset : offset + len(magic)] == magic for offset, magic in _CONTAINER_SIGNATURES)
+
+
+def diagnose(path: str, error: BaseException | None = None, num_frames: int | None = None) -> str:
+    """A one-line reason why ``path`` failed to decode, probing it with PyAV where that helps."""
+    detail = f" ({str(error).strip().splitlines()[0][:200]})" if error is not None and str(error).strip() else ""
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        return f"cannot read the file: {err}"
+    if size == 0:
+        return "empty file (0 bytes)"
+    text = str(error).lower() if error is not None else ""
+    try:
+        import av
+
+        with av.open(path) as container:
+            if not container.streams.video:
+                return "no video stream (the file holds only audio, subtitles or data)"
+            declared = container.streams.video[0].frames or num_frames
+    except ImportError:
+        declared = num_frames
+    except Exception as probe_error:
+        text += " " + str(probe_error).lower()
+        if _looks_like_container(path) or any(hint in text for hint in _TRUNCATION_HINTS):
+            return f"truncated or corrupt: it starts like a video container but cannot be read{detail}"
+        return f"not a video: FFmpeg recognises no media container in it{detail}"
+    if any(hint in text for hint in _TRUNCATION_HINTS) or declared:
+        frames = f" the container lists {declared} frames but" if declared else ""
+        return f"truncated or corrupt:{frames} decoding failed{detail}"
+    return f"decoding failed{detail}"
