@@ -5,7 +5,10 @@ Shapes used throughout: B videos, T frames, N texts, D embedding width, S image 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,14 +228,15 @@ def build_model(
     if spec.quick_gelu is None:
         spec.quick_gelu = _tag_uses_quick_gelu(spec.model_name, spec.pretrained)
     try:
-        clip = open_clip.create_model(
-            spec.model_name,
-            pretrained=pretrained or None,
-            precision=precision,
-            device=device,
-            force_quick_gelu=bool(spec.quick_gelu),
-            force_preprocess_cfg=spec.preprocess_cfg or None,
-        )
+        with _quiet_random_init(pretrained):
+            clip = open_clip.create_model(
+                spec.model_name,
+                pretrained=pretrained or None,
+                precision=precision,
+                device=device,
+                force_quick_gelu=bool(spec.quick_gelu),
+                force_preprocess_cfg=spec.preprocess_cfg or None,
+            )
     except RuntimeError as err:
         if pretrained and any(word in str(err).lower() for word in ("download", "connect", "resolve", "offline")):
             raise RuntimeError(
@@ -244,6 +248,21 @@ def build_model(
     spec.quick_gelu = any(type(m).__name__ == "QuickGELU" for m in clip.modules())
     spec.preprocess_cfg = _plain(getattr(clip.visual, "preprocess_cfg", {}))
     return VideoCLIP(clip, head, spec).to(device)
+
+
+@contextlib.contextmanager
+def _quiet_random_init(pretrained: str | None) -> Iterator[None]:
+    """Drop open_clip's root-logger warning "No pretrained weights loaded" when no weights were asked for."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return pretrained is not None or "No pretrained weights loaded" not in record.getMessage()
+
+    root = logging.getLogger()  # open_clip logs with logging.warning(...), i.e. on the root logger
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _tag_uses_quick_gelu(model_name: str, pretrained: str | None) -> bool:
