@@ -3,6 +3,8 @@
 The public contract (DESIGN.md). Importing vidclip loads no decoder, no weights and needs no GPU.
 """
 
+import importlib
+
 from vidclip.checkpoint import load_checkpoint, save_checkpoint
 from vidclip.heads import list_heads, register_head
 from vidclip.metrics import retrieval_metrics
@@ -28,3 +30,9 @@ __all__ = [
     "sample_indices",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str):
+    if name == "convert":  # loaded on first use: vidclip.convert.from_clip4clip(...)
+        return importlib.import_module("vidclip.convert")
+    raise AttributeError(f"module 'vidclip' has no attribute {name!r}")

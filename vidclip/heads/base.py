@@ -119,6 +119,6 @@ def create_head(name: str, **options) -> TemporalHead:
 
 def masked_mean(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """frames: (B, T, D), mask: (B, T) bool -> mean over valid frames (B, D); a video with none gives zeros."""
-    weights = mask.to(frames.dtype).unsqueeze(-1)  # (B, T, 1)
-    count = weights.sum(dim=1).clamp_min(1.0)  # CLIP4Clip divides by 1 when no frame is valid
-    return (frames * weights).sum(dim=1) / count
+    valid = mask.unsqueeze(-1)  # (B, T, 1)
+    count = valid.sum(dim=1).clamp_min(1).to(frames.dtype)  # CLIP4Clip divides by 1 when no frame is valid
+    return frames.masked_fill(~valid, 0.0).sum(dim=1) / count  # masked_fill: even NaN padding is dropped
