@@ -27,7 +27,9 @@ def test_unbuilt_commands_say_so_plainly(name, capsys):
 
 
 def test_python_dash_m_runs_the_cli():
-    result = subprocess.run([sys.executable, "-m", "vidclip", "--version"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "vidclip", "--version"], capture_output=True, text=True, check=True
+    )
     assert result.stdout.startswith("vidclip ")
 
 

@@ -69,7 +69,9 @@ def test_order_awareness_matches_the_declared_flag(name, inputs):
     full = torch.ones(B, T, dtype=torch.bool)
     forwards, backwards = similarities(model, video, full), similarities(model, video.flip(1), full)
     if model.head.order_aware:
-        assert not torch.allclose(forwards, backwards, atol=1e-4), f"{name} claims order awareness but ignores order"
+        assert not torch.allclose(forwards, backwards, atol=1e-4), (
+            f"{name} claims order awareness but ignores order"
+        )
     else:
         assert torch.allclose(forwards, backwards, atol=1e-5), f"{name} claims to be order-blind but is not"
 

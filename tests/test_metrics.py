@@ -25,7 +25,9 @@ def reference_multi_caption(sim: np.ndarray, text_to_video: np.ndarray) -> tuple
     """A plain loop: t2v ranks the own video per caption; v2t collapses each video's captions to their max."""
     num_videos = sim.shape[1]
     t2v = np.array([1 + np.sum(row > row[v]) for row, v in zip(sim, text_to_video)])
-    best = np.array([[sim[text_to_video == g, v].max() for g in range(num_videos)] for v in range(num_videos)])
+    best = np.array(
+        [[sim[text_to_video == g, v].max() for g in range(num_videos)] for v in range(num_videos)]
+    )
     v2t = np.array([1 + np.sum(best[v] > best[v, v]) for v in range(num_videos)])
 
     def summary(ranks):

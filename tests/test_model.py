@@ -33,7 +33,9 @@ def test_masked_frames_do_not_change_the_embedding(model):
     garbage[0, 3] = torch.randn(3, 32, 32) * 100
     a, b = model.encode_video(video, mask).pooled, model.encode_video(garbage, mask).pooled
     assert torch.allclose(a, b, atol=1e-6)
-    assert not torch.allclose(a, model.encode_video(garbage).pooled, atol=1e-3)  # unmasked garbage does matter
+    assert not torch.allclose(
+        a, model.encode_video(garbage).pooled, atol=1e-3
+    )  # unmasked garbage does matter
 
 
 def test_video_with_no_valid_frame_gives_zero_vector_not_nan(model):
@@ -54,7 +56,9 @@ def test_similarity_is_cosine_and_single_video_accepted(model):
 
 def test_mean_head_is_order_blind(model):
     video = torch.randn(1, 4, 3, 32, 32)
-    assert torch.allclose(model.encode_video(video).pooled, model.encode_video(video.flip(1)).pooled, atol=1e-6)
+    assert torch.allclose(
+        model.encode_video(video).pooled, model.encode_video(video.flip(1)).pooled, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,9 @@ def median_time(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--num-frames", type=int, default=12)
@@ -93,8 +95,12 @@ def main() -> None:
     time_b = median_time(lambda: bare_decord(path, indices), args.repeats)
     time_c = median_time(lambda: vidclip.load_video(path, args.num_frames, "uniform"), args.repeats)
 
-    print(f"# bench_decode  {platform.processor() or platform.machine()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    print(f"video: {path.name} ({num_total} frames, {args.height}p H.264), {args.num_frames} frames sampled uniformly")
+    print(
+        f"# bench_decode  {platform.processor() or platform.machine()}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
+    print(
+        f"video: {path.name} ({num_total} frames, {args.height}p H.264), {args.num_frames} frames sampled uniformly"
+    )
     print(f"A decode every frame (research-repo way)  {1000 * time_a:9.1f} ms")
     print(f"B bare decord get_batch                   {1000 * time_b:9.1f} ms")
     print(f"C vidclip.load_video                      {1000 * time_c:9.1f} ms")

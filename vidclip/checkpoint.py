@@ -72,5 +72,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     model = build_model(spec, load_pretrained=False)
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     if missing or unexpected:
-        raise ValueError(f"{weights} does not match its model spec: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{weights} does not match its model spec: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return model.to(device)

@@ -14,7 +14,10 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "train": (None, "train a model from a YAML config (retrieval or classification)"),
     "eval": (None, "evaluate a checkpoint on a dataset config; prints a table, writes metrics JSON"),
     "zeroshot": (None, "classify videos zero-shot against text labels"),
-    "extract": ("vidclip.extract", "write video embeddings of files/folders/lists to Parquet parts (resumable)"),
+    "extract": (
+        "vidclip.extract",
+        "write video embeddings of files/folders/lists to Parquet parts (resumable)",
+    ),
     "demo": ("vidclip.demo", "offline end-to-end demo on generated videos with the tiny model"),
 }
 

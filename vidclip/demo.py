@@ -22,9 +22,14 @@ EPILOG = """example:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="vidclip demo", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="vidclip demo",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--workdir", type=Path, default=None, help="folder for generated data (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="folder for generated data (default: a temp dir)"
+    )
     parser.add_argument("--num-frames", type=int, default=8, help="frames sampled per video (default 8)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -55,21 +60,31 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         csv_path = make_caption_dataset(workdir / "data", seed=args.seed)
         num_videos = len(pd.read_csv(csv_path))
-        print(f"1. generated {num_videos} captioned videos in {workdir / 'data'} ({time.perf_counter() - start:.1f} s)")
+        print(
+            f"1. generated {num_videos} captioned videos in {workdir / 'data'} ({time.perf_counter() - start:.1f} s)"
+        )
 
         model = vidclip.create_model("tiny", head="mean", num_frames=args.num_frames).eval()
-        print(f"2. built the tiny random CLIP + 'mean' head ({sum(p.numel() for p in model.parameters()):,} parameters)")
+        print(
+            f"2. built the tiny random CLIP + 'mean' head ({sum(p.numel() for p in model.parameters()):,} parameters)"
+        )
 
         features, captions = embed_dataset(model, csv_path, args.num_frames)
-        print(f"3. sampled {args.num_frames} frames per video and embedded them: {tuple(features.pooled.shape)}")
+        print(
+            f"3. sampled {args.num_frames} frames per video and embedded them: {tuple(features.pooled.shape)}"
+        )
 
         tokenizer = vidclip.get_tokenizer("tiny")
         with torch.no_grad():
             sim = model.similarity(model.encode_text(tokenizer(captions)), features)
         metrics = vidclip.retrieval_metrics(sim)
         print(f"4. ranked {len(captions)} captions against {num_videos} videos:")
-        print("   " + "  ".join(f"{key} {value:.1f}" for key, value in metrics.items() if key.startswith("t2v")))
-        print(f"   (chance R@1 is {100 / num_videos:.1f}: the tiny model is untrained, so this is chance level)")
+        print(
+            "   " + "  ".join(f"{key} {value:.1f}" for key, value in metrics.items() if key.startswith("t2v"))
+        )
+        print(
+            f"   (chance R@1 is {100 / num_videos:.1f}: the tiny model is untrained, so this is chance level)"
+        )
         best = sim[0].argmax().item()
         print(f'   query "{captions[0]}" -> best video: {pd.read_csv(csv_path)["video"][best]}')
     return 0

@@ -50,7 +50,9 @@ def retrieval_metrics(sim: torch.Tensor, text_to_video: torch.Tensor | None = No
     if text_to_video.shape != (num_texts,):
         raise ValueError(f"text_to_video must have shape ({num_texts},), got {tuple(text_to_video.shape)}")
     if text_to_video.min() < 0 or text_to_video.max() >= num_videos:
-        raise ValueError(f"text_to_video must hold video indices in [0, {num_videos}), got out-of-range values")
+        raise ValueError(
+            f"text_to_video must hold video indices in [0, {num_videos}), got out-of-range values"
+        )
     counts = torch.bincount(text_to_video, minlength=num_videos)
     if (counts == 0).any():
         missing = torch.nonzero(counts == 0).flatten()[:5].tolist()

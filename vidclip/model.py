@@ -127,7 +127,9 @@ class VideoCLIP(nn.Module):
         Text-conditioned heads score in blocks of ``chunk_size`` texts so memory stays bounded.
         """
         if not isinstance(video, VideoFeatures):
-            raise ValueError(f"video must be the VideoFeatures returned by encode_video, got {type(video).__name__}")
+            raise ValueError(
+                f"video must be the VideoFeatures returned by encode_video, got {type(video).__name__}"
+            )
         if text.ndim != 2 or text.shape[1] != video.frames.shape[-1]:
             raise ValueError(f"text must have shape (N, {video.frames.shape[-1]}), got {tuple(text.shape)}")
         text = F.normalize(text, dim=-1)
@@ -167,7 +169,9 @@ class VideoCLIP(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     # -- validation ------------------------------------------------------------------------------------------
-    def _check_video(self, video: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check_video(
+        self, video: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(video, torch.Tensor):
             raise ValueError(f"video must be a torch.Tensor, got {type(video).__name__}")
         if not video.is_floating_point():
@@ -180,7 +184,9 @@ class VideoCLIP(nn.Module):
             mask = None if mask is None else mask.reshape(1, -1)
         size = self.image_size
         if video.ndim != 5 or video.shape[2] != 3 or tuple(video.shape[3:]) != (size, size):
-            raise ValueError(f"video must have shape (B, T, 3, {size}, {size}) or (T, 3, {size}, {size}), got {tuple(video.shape)}")
+            raise ValueError(
+                f"video must have shape (B, T, 3, {size}, {size}) or (T, 3, {size}, {size}), got {tuple(video.shape)}"
+            )
         batch, frames = video.shape[:2]
         if mask is None:
             return video, torch.ones(batch, frames, dtype=torch.bool, device=video.device)
@@ -219,8 +225,12 @@ def build_model(
     import open_clip
 
     register_model_configs()
-    if spec.model_name not in open_clip.list_models() and not spec.model_name.startswith(("hf-hub:", "local-dir:")):
-        raise ValueError(f"unknown open_clip model {spec.model_name!r}; see open_clip.list_models() (vidclip adds 'tiny')")
+    if spec.model_name not in open_clip.list_models() and not spec.model_name.startswith(
+        ("hf-hub:", "local-dir:")
+    ):
+        raise ValueError(
+            f"unknown open_clip model {spec.model_name!r}; see open_clip.list_models() (vidclip adds 'tiny')"
+        )
     if not isinstance(spec.num_frames, int) or spec.num_frames < 1:
         raise ValueError(f"num_frames must be a positive int, got {spec.num_frames!r}")
     head = create_head(spec.head, **spec.head_options)  # fail on a bad head before loading weights
@@ -238,7 +248,9 @@ def build_model(
                 force_preprocess_cfg=spec.preprocess_cfg or None,
             )
     except RuntimeError as err:
-        if pretrained and any(word in str(err).lower() for word in ("download", "connect", "resolve", "offline")):
+        if pretrained and any(
+            word in str(err).lower() for word in ("download", "connect", "resolve", "offline")
+        ):
             raise RuntimeError(
                 f"could not fetch pretrained weights {pretrained!r} for {spec.model_name!r} (offline?). Download "
                 "them once where the hub is reachable, or pass a local weights file as pretrained=PATH"

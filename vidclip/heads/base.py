@@ -93,7 +93,10 @@ def register_head(name: str) -> Callable[[type[TemporalHead]], type[TemporalHead
 
     def wrap(cls: type[TemporalHead]) -> type[TemporalHead]:
         if name in HEADS and HEADS[name] is not cls:
-            warnings.warn(f"head {name!r} is registered twice; {cls.__module__}.{cls.__name__} replaces it", stacklevel=2)
+            warnings.warn(
+                f"head {name!r} is registered twice; {cls.__module__}.{cls.__name__} replaces it",
+                stacklevel=2,
+            )
         HEADS[name] = cls
         cls.head_name = name
         return cls
