@@ -24,7 +24,7 @@ def reference_single_caption(x: np.ndarray) -> dict[str, float]:
 def reference_multi_caption(sim: np.ndarray, text_to_video: np.ndarray) -> tuple[dict, dict]:
     """A plain loop: t2v ranks the own video per caption; v2t collapses each video's captions to their max."""
     num_videos = sim.shape[1]
-    t2v = np.array([1 + np.sum(row > row[v]) for row, v in zip(sim, text_to_video)])
+    t2v = np.array([1 + np.sum(row > row[v]) for row, v in zip(sim, text_to_video, strict=True)])
     best = np.array(
         [[sim[text_to_video == g, v].max() for g in range(num_videos)] for v in range(num_videos)]
     )
