@@ -4,7 +4,9 @@ A checkpoint is one ``model.safetensors`` whose metadata holds the ``ModelSpec``
 pretrained tag, head and options, frames) and the vidclip version, so the file alone rebuilds the model, with
 no download and no pickle. A training run directory holds ``model.safetensors`` at the end and
 ``checkpoints/step_XXXXXXXX/model.safetensors`` along the way; ``load_checkpoint(run_dir)`` takes the final one,
-else the latest step.
+else the latest step. A step folder also holds what ``vidclip train --resume`` needs (optimizer, scheduler,
+RNG states: Accelerate's ``save_state`` files) and the run's ``config.yaml``; it is written under a hidden
+name and renamed when complete, so a crash mid-save never leaves a step folder that looks usable.
 """
 
 from __future__ import annotations
@@ -19,7 +21,23 @@ import torch
 from vidclip.model import ModelSpec, VideoCLIP, build_model
 
 WEIGHTS_NAME = "model.safetensors"
+CHECKPOINTS_DIR = "checkpoints"
 _METADATA_KEY = "vidclip_spec"
+
+
+def step_checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    """``run_dir/checkpoints/step_XXXXXXXX``: where a run saves its state after ``step`` optimizer steps."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step_{step:08d}"
+
+
+def list_step_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete step checkpoints of a run, as (step, folder), oldest first."""
+    found = []
+    for folder in (Path(run_dir) / CHECKPOINTS_DIR).glob("step_*"):
+        suffix = folder.name.removeprefix("step_")
+        if suffix.isdigit() and (folder / WEIGHTS_NAME).is_file():
+            found.append((int(suffix), folder))
+    return sorted(found)
 
 
 def save_checkpoint(model: VideoCLIP, path: str | os.PathLike) -> Path:
@@ -49,10 +67,10 @@ def find_weights(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"no checkpoint at {path}")
     if (path / WEIGHTS_NAME).is_file():
         return path / WEIGHTS_NAME
-    steps = sorted((path / "checkpoints").glob(f"step_*/{WEIGHTS_NAME}"))
+    steps = list_step_checkpoints(path)
     if steps:
-        return steps[-1]
-    raise FileNotFoundError(f"{path} holds no {WEIGHTS_NAME} (nor checkpoints/step_*/{WEIGHTS_NAME})")
+        return steps[-1][1] / WEIGHTS_NAME
+    raise FileNotFoundError(f"{path} holds no {WEIGHTS_NAME} (nor {CHECKPOINTS_DIR}/step_*/{WEIGHTS_NAME})")
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> VideoCLIP:

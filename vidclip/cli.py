@@ -11,7 +11,7 @@ import sys
 
 # name -> (module with main(argv), one-line summary); module None = not built yet in this version.
 COMMANDS: dict[str, tuple[str | None, str]] = {
-    "train": (None, "train a model from a YAML config (retrieval or classification)"),
+    "train": ("vidclip.train", "train a model from a YAML config (retrieval or classification)"),
     "eval": (None, "evaluate a checkpoint on a dataset config; prints a table, writes metrics JSON"),
     "zeroshot": (None, "classify videos zero-shot against text labels"),
     "extract": (

@@ -1,0 +1,175 @@
+"""Annotation readers: one per dataset format, registered by name, all returning the same plain lists.
+
+A reader turns a dataset's own annotation files into
+
+- :class:`RetrievalAnnotations`: the videos (path relative to the video root, id) and the captions, each
+  with the index of its video (several captions may share a video: MSR-VTT has 20, DiDeMo joins a video's
+  sentences into one paragraph);
+- :class:`ClassificationAnnotations`: the videos, one integer label each, and the class names the labels
+  index (the class names become text prompts).
+
+A new format (MSR-VTT, DiDeMo, Kinetics, UCF101 split files, class-per-folder...) is one file with a
+``@register_format("name")`` subclass of :class:`AnnotationReader` that implements the task(s) it supports;
+``data.format: name`` then selects it. Readers only read annotation files: decoding happens in
+:mod:`vidclip.data.dataset`, in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from vidclip.config import DataConfig
+
+Split = Literal["train", "val", "test"]
+
+
+class AnnotationError(ValueError):
+    """Annotation files or ``data`` settings that cannot be read as the format expects; names the file/key."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video: ``path`` relative to the video root, ``id`` as the dataset names it."""
+
+    path: str
+    id: str
+
+
+@dataclass
+class RetrievalAnnotations:
+    """Videos and captions; ``caption_video[i]`` is the index in ``videos`` of caption ``i``'s video."""
+
+    videos: list[VideoRecord]
+    captions: list[str]
+    caption_video: list[int]
+    root: Path  # the folder the video paths are relative to
+
+    def __post_init__(self) -> None:
+        if len(self.captions) != len(self.caption_video):
+            raise AnnotationError(
+                f"{len(self.captions)} captions but {len(self.caption_video)} caption->video indices"
+            )
+        if self.caption_video and not 0 <= min(self.caption_video) <= max(self.caption_video) < len(
+            self.videos
+        ):
+            raise AnnotationError(f"caption->video indices must lie in [0, {len(self.videos)})")
+
+    def video_paths(self) -> list[str]:
+        return [str(self.root / video.path) for video in self.videos]
+
+
+@dataclass
+class ClassificationAnnotations:
+    """Videos with one integer label each, indexing ``class_names``."""
+
+    videos: list[VideoRecord]
+    labels: list[int]
+    class_names: list[str]
+    root: Path
+
+    def __post_init__(self) -> None:
+        if len(self.videos) != len(self.labels):
+            raise AnnotationError(f"{len(self.videos)} videos but {len(self.labels)} labels")
+        if self.labels and not 0 <= min(self.labels) <= max(self.labels) < len(self.class_names):
+            raise AnnotationError(
+                f"labels must lie in [0, {len(self.class_names)}) (the number of class names)"
+            )
+
+    def video_paths(self) -> list[str]:
+        return [str(self.root / video.path) for video in self.videos]
+
+
+Annotations = RetrievalAnnotations | ClassificationAnnotations
+
+
+class AnnotationReader:
+    """Reads one format's files for a split. Subclasses implement the task(s) the format has labels for.
+
+    ``self.config`` is the whole ``data`` section: the split files (``train``/``val``/``test``), a shared
+    ``annotations`` file, ``class_names`` and format-specific ``options``.
+    """
+
+    name: str = ""
+
+    def __init__(self, config: DataConfig) -> None:
+        self.config = config
+
+    def read_retrieval(self, split: Split) -> RetrievalAnnotations:
+        raise AnnotationError(
+            f"data.format {self.name!r} has no captions: it cannot be used for task=retrieval"
+        )
+
+    def read_classification(self, split: Split) -> ClassificationAnnotations:
+        raise AnnotationError(
+            f"data.format {self.name!r} has no labels: it cannot be used for task=classification"
+        )
+
+    # -- helpers for subclasses ------------------------------------------------------------------------------
+    def split_file(self, split: Split) -> Path:
+        """The file ``data.<split>`` names; it must be set and exist."""
+        value = getattr(self.config, split)
+        if value is None:
+            raise AnnotationError(f"data.{split} is not set: the {split} split needs an annotation file")
+        path = Path(value)
+        if not path.is_file():
+            raise AnnotationError(f"data.{split}: no such file: {path}")
+        return path
+
+    def video_root(self, split: Split) -> Path:
+        """``data.video_root``, or the split file's folder when it is not set."""
+        if self.config.video_root is not None:
+            return Path(self.config.video_root)
+        return self.split_file(split).parent
+
+
+FORMATS: dict[str, type[AnnotationReader]] = {}
+
+
+def register_format(name: str) -> Callable[[type[AnnotationReader]], type[AnnotationReader]]:
+    """Class decorator: make an :class:`AnnotationReader` available as ``data.format: name``."""
+
+    def wrap(cls: type[AnnotationReader]) -> type[AnnotationReader]:
+        if name in FORMATS and FORMATS[name] is not cls:
+            warnings.warn(
+                f"data format {name!r} is registered twice; {cls.__qualname__} replaces it", stacklevel=2
+            )
+        FORMATS[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def list_formats() -> list[str]:
+    """Names of the registered annotation formats."""
+    return sorted(FORMATS)
+
+
+def get_reader(config: DataConfig) -> AnnotationReader:
+    """The reader ``data.format`` names; unknown formats fail with the registered ones."""
+    if config.format not in FORMATS:
+        raise AnnotationError(
+            f"data.format: unknown format {config.format!r}; registered formats: {', '.join(list_formats())}"
+        )
+    return FORMATS[config.format](config)
+
+
+def read_annotations(config: DataConfig, task: str, split: Split) -> Annotations:
+    """Read ``split`` of the dataset ``config`` describes, for ``task`` (retrieval or classification)."""
+    reader = get_reader(config)
+    if task == "retrieval":
+        return reader.read_retrieval(split)
+    if task == "classification":
+        return reader.read_classification(split)
+    raise AnnotationError(f"task must be 'retrieval' or 'classification', got {task!r}")
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """Non-empty stripped lines of a text file (class-name lists, split lists)."""
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]

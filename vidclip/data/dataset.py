@@ -1,0 +1,184 @@
+"""Torch datasets that decode videos inside DataLoader workers, and the samplers and collate they need.
+
+Reproducibility: a training sample is a pure function of (seed, epoch, index). :class:`EpochSampler` draws
+the epoch's permutation from (seed, epoch) and yields ``(epoch, index)`` pairs, and :class:`VideoDataset`
+seeds the frame sampling and the augmentation of each item from that triple. The result does not depend on
+the number of workers or processes, nor on which worker decodes what, and needs no state shared with the
+workers.
+
+Broken videos: an item whose video cannot be decoded keeps its slot in the batch, with zero frames, an
+all-False frame mask, ``valid=False`` and the reason in ``errors``. The losses and metrics ignore invalid
+slots. Keeping the slot (rather than dropping the item in the collate) keeps every process's batch the same
+size, which the cross-process gather of the contrastive loss needs, and makes N processes compute exactly
+what one process computes over the same surviving samples.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from vidclip.config import ConfigError
+from vidclip.video import VideoDecodeError, load_clip
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A torch.Generator seeded from non-negative integer keys, e.g. (seed, epoch, index), through NumPy's
+    SeedSequence: neighbouring keys give unrelated streams, unlike ``seed + epoch + index``."""
+    state = np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)``: a permutation drawn from (seed, epoch) (or the identity without shuffle),
+    cut to a multiple of ``multiple`` items so every optimizer step gets a full global batch."""
+
+    def __init__(self, num_items: int, *, seed: int, shuffle: bool = True, multiple: int = 1) -> None:
+        if num_items < multiple:
+            raise ConfigError(
+                f"the training split has {num_items} items, fewer than one optimizer step's batch "
+                f"(train.batch_size = {multiple})"
+            )
+        self.num_items, self.seed, self.shuffle, self.multiple = num_items, seed, shuffle, multiple
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_items - self.num_items % self.multiple
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = torch.randperm(self.num_items, generator=seeded_generator(self.seed, self.epoch))
+        else:
+            order = torch.arange(self.num_items)
+        for index in order[: len(self)].tolist():
+            yield self.epoch, index
+
+
+class VideoDataset(Dataset):
+    """Item ``i`` (or ``(epoch, i)``): video ``paths[i]`` decoded, sampled and transformed, plus its caption
+    tokens (``texts``) or integer label (``labels``) when given.
+
+    An item is a dict: ``video`` float (T, 3, S, S), ``mask`` bool (T,) True = a real frame, ``valid`` bool,
+    ``error`` None or (path, reason), ``index`` int, and ``tokens`` int (L,) / ``label`` int.
+    """
+
+    def __init__(
+        self,
+        paths: list[str],
+        *,
+        num_frames: int,
+        sampling: str,
+        transform: Callable[..., torch.Tensor],
+        image_size: int,
+        seed: int = 0,
+        fps: float | None = None,
+        decoder: str = "auto",
+        texts: list[str] | None = None,
+        tokenizer: Tokenizer | None = None,
+        labels: list[int] | None = None,
+    ) -> None:
+        if texts is not None and (tokenizer is None or len(texts) != len(paths)):
+            raise ValueError("texts need a tokenizer and one text per video path")
+        if labels is not None and len(labels) != len(paths):
+            raise ValueError(f"{len(labels)} labels for {len(paths)} videos")
+        self.paths, self.texts, self.labels, self.tokenizer = paths, texts, labels, tokenizer
+        self.num_frames, self.sampling, self.fps, self.decoder = num_frames, sampling, fps, decoder
+        self.transform, self.image_size, self.seed = transform, image_size, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        item: dict[str, Any] = {"index": index, **self._decode(epoch, index)}
+        if self.texts is not None:
+            item["tokens"] = self.tokenizer([self.texts[index]])[0]
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
+
+    def _decode(self, epoch: int, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        generator = seeded_generator(self.seed, epoch, index)
+        try:
+            clip = load_clip(
+                path, self.num_frames, self.sampling, fps=self.fps, generator=generator, decoder=self.decoder
+            )
+            video = self.transform(clip.frames, generator=generator)  # (T, 3, S, S)
+        except (VideoDecodeError, OSError) as err:  # FileNotFoundError is an OSError
+            size = self.image_size
+            return {
+                "video": torch.zeros(self.num_frames, 3, size, size),
+                "mask": torch.zeros(self.num_frames, dtype=torch.bool),
+                "valid": False,
+                "error": (path, str(getattr(err, "reason", err))),
+            }
+        return {"video": video, "mask": clip.mask, "valid": True, "error": None}
+
+
+class TextDataset(Dataset):
+    """Item ``i``: ``{"index": i, "tokens": int (L,)}`` for retrieval evaluation's captions."""
+
+    def __init__(self, texts: list[str], tokenizer: Tokenizer) -> None:
+        self.texts, self.tokenizer = texts, tokenizer
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"index": index, "tokens": self.tokenizer([self.texts[index]])[0]}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a list of items into a batch: tensors (B, ...) per key, ``errors`` the (path, reason) failures."""
+    batch: dict[str, Any] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if key == "error":
+            batch["errors"] = [value for value in values if value is not None]
+        elif isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = torch.tensor(values)
+    return batch
+
+
+def create_caption_tokenizer(model_name: str, context_length: int, max_words: int | None) -> Tokenizer:
+    """open_clip's tokenizer cut at ``max_words`` tokens (start and end tokens included, as CLIP4Clip counts)
+    and zero-padded to the model's ``context_length``. Under CLIP's causal text mask the padding does not
+    change the features, so this equals encoding a ``max_words``-long sequence."""
+    from vidclip.model import get_tokenizer
+
+    words = context_length if max_words is None else max_words
+    if words > context_length:
+        raise ConfigError(
+            f"data.max_words ({words}) exceeds the model's text context length ({context_length})"
+        )
+    return CaptionTokenizer(get_tokenizer(model_name), words, context_length)
+
+
+class CaptionTokenizer:
+    """Picklable callable: list of captions -> int tokens (N, context_length), cut at ``max_words``."""
+
+    def __init__(self, tokenizer: Callable[..., torch.Tensor], max_words: int, context_length: int) -> None:
+        self.tokenizer, self.max_words, self.context_length = tokenizer, max_words, context_length
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts, context_length=self.max_words)  # (N, max_words)
+        return torch.nn.functional.pad(tokens, (0, self.context_length - tokens.shape[1]))
+
+
+def ignore_interrupts_in_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C reaches the whole process group; only the trainer handles it
+    (it stops at a step boundary and saves), so workers must not die from it mid-epoch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,124 @@
+"""DataLoaders for training and evaluation, built from the ``data`` config section and the model.
+
+Batches are GLOBAL: a loader yields the batch of all processes, and Accelerate (``split_batches=True``)
+hands process r the r-th contiguous slice. One process with batch B and N processes with B/N each therefore
+see the same samples in the same global order, which the all-gather of the loss concatenates back in rank
+order. Every loader owns a seeded ``torch.Generator``, so creating an iterator never draws from the global
+RNG (that would shift dropout and any other global randomness between an interrupted and a resumed run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from vidclip.config import Config
+from vidclip.data.base import ClassificationAnnotations, RetrievalAnnotations, Split, read_annotations
+from vidclip.data.dataset import (
+    EpochSampler,
+    TextDataset,
+    Tokenizer,
+    VideoDataset,
+    collate,
+    create_caption_tokenizer,
+    ignore_interrupts_in_worker,
+)
+from vidclip.model import VideoCLIP
+from vidclip.video import get_video_transform
+
+
+@dataclass
+class TrainData:
+    """The training loader (yields global micro-batches) and the sampler that orders each epoch."""
+
+    loader: DataLoader
+    sampler: EpochSampler
+    class_names: list[str] | None  # classification only
+    num_items: int
+
+
+@dataclass
+class EvalData:
+    """One split for evaluation: a loader of videos and, for retrieval, a loader of captions."""
+
+    videos: DataLoader
+    texts: DataLoader | None
+    text_to_video: torch.Tensor | None  # retrieval: each caption's video index (N_text,)
+    class_names: list[str] | None  # classification
+
+
+def get_caption_tokenizer(config: Config, model: VideoCLIP) -> Tokenizer:
+    """Tokenizer for ``model``'s text tower, captions cut at ``data.max_words`` tokens."""
+    context = getattr(model.clip, "context_length", None) or model.clip.positional_embedding.shape[0]
+    return create_caption_tokenizer(config.model.name, int(context), config.data.max_words)
+
+
+def _loader(dataset, batch_size: int, num_workers: int, seed: int, sampler=None) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=sampler is not None,  # training: full global batches only (the sampler already cuts)
+        num_workers=num_workers,
+        collate_fn=collate,
+        worker_init_fn=ignore_interrupts_in_worker,
+        persistent_workers=num_workers
+        > 0,  # safe: items depend on (seed, epoch, index) only, no worker state
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def create_train_data(config: Config, model: VideoCLIP, tokenizer: Tokenizer, micro_batch: int) -> TrainData:
+    """Random frame sampling and training augmentation; epochs cut to whole optimizer steps."""
+    annotations = read_annotations(config.data, config.task, "train")
+    data, seed = config.data, config.train.seed
+    common = dict(
+        num_frames=config.model.num_frames,
+        sampling=data.sampling,
+        transform=get_video_transform(model, train=data.augment),
+        image_size=model.image_size,
+        seed=seed,
+        fps=data.fps,
+        decoder=data.decoder,
+    )
+    if isinstance(annotations, RetrievalAnnotations):  # one item per caption, with its video
+        paths = annotations.video_paths()
+        dataset = VideoDataset(
+            [paths[v] for v in annotations.caption_video],
+            texts=annotations.captions,
+            tokenizer=tokenizer,
+            **common,
+        )
+        class_names = None
+    else:
+        assert isinstance(annotations, ClassificationAnnotations)
+        dataset = VideoDataset(annotations.video_paths(), labels=annotations.labels, **common)
+        class_names = annotations.class_names
+    sampler = EpochSampler(len(dataset), seed=seed, multiple=config.train.batch_size)
+    loader = _loader(dataset, micro_batch, data.num_workers, seed, sampler)
+    return TrainData(loader, sampler, class_names, len(dataset))
+
+
+def create_eval_data(
+    config: Config, model: VideoCLIP, tokenizer: Tokenizer, split: Split, batch_size: int
+) -> EvalData:
+    """Uniform frame sampling, no augmentation; every video once (and every caption once for retrieval)."""
+    annotations = read_annotations(config.data, config.task, split)
+    dataset = VideoDataset(
+        annotations.video_paths(),
+        num_frames=config.model.num_frames,
+        sampling=config.data.eval_sampling,
+        transform=get_video_transform(model, train=False),
+        image_size=model.image_size,
+        fps=config.data.fps,
+        decoder=config.data.decoder,
+        labels=annotations.labels if isinstance(annotations, ClassificationAnnotations) else None,
+    )
+    workers, seed = config.data.num_workers, config.train.seed
+    videos = _loader(dataset, batch_size, workers, seed)
+    if isinstance(annotations, ClassificationAnnotations):
+        return EvalData(videos, None, None, annotations.class_names)
+    texts = _loader(TextDataset(annotations.captions, tokenizer), batch_size, 0, seed)
+    return EvalData(videos, texts, torch.tensor(annotations.caption_video), None)

@@ -1,0 +1,97 @@
+"""Validation during training, on every process (a rank-0-only evaluation would leave the others waiting in
+the next collective).
+
+Each process encodes its share of the videos (and captions); ``gather_for_metrics`` assembles all of them,
+dropping the samples Accelerate repeated to even out the last batch, and every process computes the same
+metrics. Videos that cannot be decoded count as misses: their similarity column is -inf.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from vidclip.losses import class_embeddings
+from vidclip.metrics import retrieval_metrics
+from vidclip.model import VideoFeatures
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from vidclip.train.state import Run
+
+
+def gather(accelerator, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``gather_for_metrics`` of a dict of tensors; bool travels as uint8 (not every backend gathers bool)."""
+    wire = {
+        key: value.to(torch.uint8) if value.dtype == torch.bool else value for key, value in values.items()
+    }
+    out = accelerator.gather_for_metrics(wire)
+    return {key: out[key].bool() if values[key].dtype == torch.bool else out[key] for key in values}
+
+
+def embed_videos(run: Run, loader: DataLoader) -> tuple[VideoFeatures, dict[str, torch.Tensor]]:
+    """Every video of ``loader``: gathered VideoFeatures, and the fields ``valid`` (V,) and ``label`` (V,)."""
+    parts = []
+    for batch in loader:
+        features = run.net.encode_video(batch["video"], batch["mask"])
+        values = {"frames": features.frames.float(), "mask": batch["mask"], "valid": batch["valid"]}
+        if features.pooled is not None:
+            values["pooled"] = features.pooled.float()
+        if "label" in batch:
+            values["label"] = batch["label"]
+        parts.append(gather(run.accelerator, values))
+    merged = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    return VideoFeatures(merged["frames"], merged["mask"], merged.get("pooled")), merged
+
+
+def embed_texts(run: Run, loader: DataLoader) -> torch.Tensor:
+    """Every caption of ``loader``: gathered text features (N_text, D)."""
+    return torch.cat(
+        [run.accelerator.gather_for_metrics(run.net.encode_text(b["tokens"]).float()) for b in loader]
+    )
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+    """logits: (V, C) -> top-1 and top-5 accuracy in percent over all V videos; invalid ones count as wrong."""
+    metrics = {}
+    for k in (1, 5):
+        top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (V, k)
+        hit = (top == labels[:, None]).any(dim=1) & valid
+        metrics[f"top{k}"] = 100.0 * hit.float().mean().item()
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict[str, float]:
+    """``val/``-prefixed metrics: retrieval R@1/5/10, MdR, MnR both ways, or classification top-1/top-5."""
+    run.model.eval()
+    with run.accelerator.autocast():
+        video, fields = embed_videos(run, run.val.videos)
+        if run.class_tokens is None:
+            sim = run.net.similarity(embed_texts(run, run.val.texts), video).float()  # (N_text, V)
+            sim = sim.masked_fill(~fields["valid"][None, :], float("-inf"))
+            metrics = retrieval_metrics(sim, run.val.text_to_video)
+        else:
+            classes = class_embeddings(run.net.encode_text(run.class_tokens), len(run.config.data.templates))
+            logits = run.net.similarity(classes, video).T.float()  # (V, C)
+            metrics = accuracy(logits, fields["label"], fields["valid"])
+    run.model.train()
+    run.evaluated_step = run.state.step
+    return {f"val/{key}": value for key, value in metrics.items()}
+
+
+def log_metrics(run: Run, metrics: dict[str, float], echo: bool = True) -> None:
+    """To the trackers, to ``metrics.jsonl`` (one JSON line per call) and, with ``echo``, to the log."""
+    from accelerate.logging import get_logger
+
+    step = run.state.step
+    run.accelerator.log(metrics, step=step)
+    if echo:
+        get_logger(__name__).info(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    if run.accelerator.is_main_process:
+        with open(Path(run.config.output_dir) / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
