@@ -235,6 +235,17 @@ def build_model(
         raise ValueError(f"num_frames must be a positive int, got {spec.num_frames!r}")
     head = create_head(spec.head, **spec.head_options)  # fail on a bad head before loading weights
     pretrained = spec.pretrained if load_pretrained else None
+    if (
+        pretrained
+        and not os.path.exists(pretrained)
+        and not spec.model_name.startswith(("hf-hub:", "local-dir:"))
+    ):
+        tags = open_clip.list_pretrained_tags_by_model(spec.model_name)
+        if pretrained not in tags:
+            raise ValueError(
+                f"model {spec.model_name!r} has no pretrained tag {pretrained!r}; its tags: {tags or 'none'} "
+                "(or pass a local weights file, or pretrained=None for random weights)"
+            )
     if spec.quick_gelu is None:
         spec.quick_gelu = _tag_uses_quick_gelu(spec.model_name, spec.pretrained)
     try:
