@@ -1,0 +1,245 @@
+"""``vidclip extract``: one row per video, broken files as rows, exact embeddings, resume, refusals."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import vidclip
+from vidclip import extract
+from vidclip.heads import HEADS, TemporalHead, register_head
+from vidclip.inputs import find_videos
+from vidclip.synthetic import index_frames, write_video
+
+NUM_FRAMES = 4
+GOOD = {"a.mp4": (12, 64, 64), "b.mkv": (3, 48, 64), "sub/c.mp4": (30, 64, 64)}  # (frames, H, W)
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    """Three decodable videos (one shorter than NUM_FRAMES, one in a subfolder), two broken, one non-video."""
+    root = tmp_path_factory.mktemp("videos")
+    for name, (frames, height, width) in GOOD.items():
+        (root / name).parent.mkdir(exist_ok=True)
+        write_video(root / name, index_frames(frames, height, width), fps=25, codec="libx264")
+    (root / "broken.mp4").write_text("this is not a video")
+    (root / "empty.mp4").touch()
+    (root / "notes.md").write_text("not a video extension: not picked up from a folder")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = vidclip.create_model("tiny", num_frames=NUM_FRAMES)
+    return str(vidclip.save_checkpoint(model, tmp_path_factory.mktemp("run")).parent)
+
+
+def run_extract(inputs, out, *options):
+    return extract.main([*map(str, inputs), "--out", str(out), *map(str, options)])
+
+
+def read_table(out) -> pd.DataFrame:
+    return pd.read_parquet(out).sort_values("video").reset_index(drop=True)
+
+
+def expected_embedding(checkpoint, path) -> np.ndarray:
+    """The embedding computed directly through the library, as a user would."""
+    model = vidclip.load_checkpoint(checkpoint).eval()
+    clip = vidclip.load_clip(path, model.num_frames, "uniform")
+    video = vidclip.get_video_transform(model)(clip.frames)  # (T, 3, S, S)
+    with torch.no_grad():
+        return model.encode_video(video[None], clip.mask[None]).pooled[0].numpy()
+
+
+def test_folder_with_broken_files_gives_one_row_per_video(video_dir, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert (
+        run_extract([video_dir], out, "--checkpoint", checkpoint, "--batch-size", 2, "--num-workers", 0) == 0
+    )
+    assert capsys.readouterr().out.strip() == (
+        f"extract: 5 videos, 3 ok, 2 failed, 0 skipped (already done) -> {out}"
+    )
+    table = read_table(out).set_index("video")
+    assert sorted(table.index) == sorted(str(video_dir / name) for name in [*GOOD, "broken.mp4", "empty.mp4"])
+    assert table.loc[str(video_dir / "empty.mp4"), "error"] == "empty file (0 bytes)"
+    assert "not a video" in table.loc[str(video_dir / "broken.mp4"), "error"]
+    for name in ("broken.mp4", "empty.mp4"):
+        assert table.loc[str(video_dir / name), "embedding"] is None
+    for name in GOOD:
+        row = table.loc[str(video_dir / name)]
+        assert pd.isna(row["error"]) and row["embedding"].dtype == np.float32
+        np.testing.assert_allclose(
+            row["embedding"], expected_embedding(checkpoint, video_dir / name), atol=1e-5
+        )
+
+
+def test_list_file_paths_are_relative_to_the_list(video_dir, checkpoint, tmp_path):
+    listing = video_dir / "videos.txt"
+    listing.write_text("# a comment\na.mp4\n\n  sub/c.mp4  \nmissing.mp4\na.mp4\n")
+    out = tmp_path / "out"
+    assert run_extract([listing], out, "--checkpoint", checkpoint, "--num-workers", 0) == 0
+    table = pd.read_parquet(out)
+    expected = [os.path.join(str(video_dir), name) for name in ("a.mp4", "sub/c.mp4", "missing.mp4")]
+    assert table["video"].tolist() == expected  # once each, in list order
+    assert table["error"].isna().tolist() == [True, True, False]
+    assert "no such video file" in table["error"].iloc[2]
+
+
+def test_find_videos_searches_folders_recursively_and_skips_hidden_files(tmp_path):
+    for name in ("b.mp4", "a.MOV", "sub/c.webm", "sub/readme.txt", ".hidden/d.mp4", "._b.mp4"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path)  # a symlinked folder cycle must end
+    assert find_videos([str(tmp_path)]) == [str(tmp_path / name) for name in ("a.MOV", "b.mp4", "sub/c.webm")]
+
+
+def test_interrupted_run_resumes_without_duplicates_or_holes(
+    video_dir, checkpoint, tmp_path, monkeypatch, capsys
+):
+    options = ("--checkpoint", checkpoint, "--part-size", 2, "--batch-size", 1, "--num-workers", 0)
+    assert run_extract([video_dir], tmp_path / "whole", *options) == 0
+    write_part, calls = extract.write_part, []
+
+    def crash_on_second_part(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return write_part(*args)
+
+    monkeypatch.setattr(extract, "write_part", crash_on_second_part)
+    out = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_extract([video_dir], out, *options)
+    assert [p.name.startswith("part-") for p in out.iterdir()] == [True]  # one part, no temp file left
+    monkeypatch.setattr(extract, "write_part", write_part)
+    capsys.readouterr()
+    assert run_extract([video_dir], out, *options) == 0
+    assert "1 ok, 2 failed, 2 skipped" in capsys.readouterr().out
+    resumed, whole = read_table(out), read_table(tmp_path / "whole")
+    assert resumed["video"].is_unique and resumed["video"].tolist() == whole["video"].tolist()
+    pd.testing.assert_frame_equal(resumed, whole)
+
+
+def test_ctrl_c_keeps_the_rows_already_embedded(video_dir, checkpoint, tmp_path, monkeypatch, capsys):
+    embed_batch, calls = extract.embed_batch, []
+
+    def interrupt_second_batch(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return embed_batch(*args)
+
+    monkeypatch.setattr(extract, "embed_batch", interrupt_second_batch)
+    out, options = tmp_path / "out", ("--checkpoint", checkpoint, "--batch-size", 2, "--num-workers", 0)
+    assert run_extract([video_dir], out, *options) == extract.EXIT_INTERRUPTED
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert len(pd.read_parquet(out)) == 2  # the first batch, though the part (1000 rows) was not full
+    monkeypatch.setattr(extract, "embed_batch", embed_batch)
+    assert run_extract([video_dir], out, *options) == 0
+    assert pd.read_parquet(out)["video"].is_unique and len(pd.read_parquet(out)) == 5
+
+
+def test_rerun_of_a_finished_run_writes_nothing(video_dir, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    options = ("--checkpoint", checkpoint, "--part-size", 2, "--num-workers", 0)
+    assert run_extract([video_dir], out, *options) == 0
+    parts = sorted(os.listdir(out))
+    assert len(parts) == 3
+    capsys.readouterr()
+    assert run_extract([video_dir], out, *options) == 0
+    assert "5 videos, 0 ok, 0 failed, 5 skipped (already done)" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == parts
+
+
+def test_worker_processes_give_the_same_table(video_dir, checkpoint, tmp_path):
+    for workers in (0, 2):
+        assert run_extract([video_dir], tmp_path / f"w{workers}", "--checkpoint", checkpoint,
+                           "--batch-size", 2, "--num-workers", workers) == 0  # fmt: skip
+    pd.testing.assert_frame_equal(read_table(tmp_path / "w0"), read_table(tmp_path / "w2"))
+
+
+def test_write_part_leaves_nothing_when_writing_fails(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    def fail_midway(table, where, **kwargs):
+        where.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        extract.write_part(tmp_path, [extract.Row(0, "a.mp4", None, "x")], {})
+    assert os.listdir(tmp_path) == []
+
+
+def test_refuses_an_out_made_with_another_model(video_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_extract([video_dir / "a.mp4"], out, "--model", "tiny", "--num-frames", 2) == 0
+    assert run_extract([video_dir / "b.mkv"], out, "--model", "tiny", "--num-frames", 3) == 2
+    err = capsys.readouterr().err
+    assert "holds embeddings of another model" in err and "differs in num_frames)" in err
+    assert len(pd.read_parquet(out)) == 1
+
+
+class TextConditionedHead(TemporalHead):
+    """Scores texts against frames directly: it has no text-independent embedding."""
+
+    text_conditioned = True
+
+    def score(self, text, frames, mask):
+        return text @ frames.mean(dim=1).T
+
+
+@pytest.fixture
+def text_conditioned_head():
+    register_head("test_text_conditioned")(TextConditionedHead)
+    yield "test_text_conditioned"
+    del HEADS["test_text_conditioned"]
+
+
+def test_refuses_a_text_conditioned_head(video_dir, tmp_path, capsys, text_conditioned_head):
+    out = tmp_path / "out"
+    assert run_extract([video_dir], out, "--model", "tiny", "--head", text_conditioned_head) == 2
+    assert "is text-conditioned" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("checkpoint_and_model", "drop --model"),
+        ("no_model", "say which model"),
+        ("missing_input", "no such file or folder"),
+        ("no_videos", "no videos found"),
+        ("out_is_a_file", "is a file"),
+        ("out_holds_other_files", "not vidclip parts"),
+        ("bad_device", "not a torch device"),
+    ],
+)
+def test_argument_errors_say_what_to_do(case, message, video_dir, checkpoint, tmp_path, capsys):
+    video, out, model = video_dir / "a.mp4", tmp_path / "out", ("--model", "tiny")
+    if case == "out_is_a_file":
+        out.touch()
+    if case == "out_holds_other_files":
+        out.mkdir()
+        (out / "notes.txt").touch()
+    args = {
+        "checkpoint_and_model": ([video], out, "--checkpoint", checkpoint, *model),
+        "no_model": ([video], out),
+        "missing_input": ([video, tmp_path / "nope.mp4"], out, *model),
+        "no_videos": ([tmp_path], out, *model),
+        "bad_device": ([video], out, *model, "--device", "potato"),
+    }.get(case, ([video], out, *model))
+    assert run_extract(*args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_through_python_dash_m():
+    result = subprocess.run(
+        [sys.executable, "-m", "vidclip", "extract", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--part-size" in result.stdout and "--checkpoint" in result.stdout
