@@ -1,9 +1,12 @@
 """Decoder backends behind one small interface, and ``load_video``.
 
 A backend opens a file as a :class:`VideoReader` (frame count, frame rate, ``get_frames(indices)``) and is
-registered by name in :data:`DECODERS`. ``decord`` (CPU, seeks to the needed frames) is the default; ``pyav``
-is the fallback where decord is missing or cannot open a file. A GPU decoder registers the same way and
-returns frames on its device. Backends are imported lazily: ``import vidclip`` needs neither library.
+registered by name in :data:`DECODERS`. ``pyav`` is the default (``auto``): it seeks like decord and is as
+fast (tools/bench_decode.py), but identifies frames by timestamp, so it is exact. ``decord`` (the decord2
+fork) stays available as ``decoder="decord"``; after seeking it returns wrong frames on H.264 streams with
+non-IDR I-frames (tests/test_video_decode.py shows one), and fails on some frame sizes. A GPU decoder
+registers the same way and returns frames on its device. Backends are imported lazily: ``import vidclip``
+needs neither library.
 
 Frames are indexed in presentation order from 0, as both decord and FFmpeg's decoder emit them.
 """
@@ -74,7 +77,16 @@ class DecordReader:
 
 @register_decoder("pyav")
 class PyAVReader:
-    """CPU decoding with PyAV: decodes in order up to the last needed frame, converting only the needed ones."""
+    """CPU decoding with PyAV (FFmpeg), exact by construction: frames are identified by their timestamps.
+
+    Opening demuxes the packet headers once (no decoding) to list every frame's presentation timestamp; frame
+    i is the i-th smallest. ``get_frames`` seeks to the sync frame before each needed frame (FFmpeg's index,
+    which knows real IDR frames), decodes forward, and keeps the frames whose timestamps are wanted, so a seek
+    that lands early or a decoder that skips frames can never shift the result by one. Streams without
+    timestamps are decoded in order from the start.
+    """
+
+    SEEK_GAP = 64  # decode through gaps shorter than this instead of seeking again
 
     def __init__(self, path: str):
         import av
@@ -87,57 +99,87 @@ class PyAVReader:
         if not self._container.streams.video:
             self._container.close()
             raise VideoDecodeError(path, "no video stream (the file holds only audio, subtitles or data)")
-        stream = self._container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
         self.fps = float(rate) if rate else 0.0
-        self.num_frames = stream.frames or self._count_packets()
+        self._pts = self._frame_timestamps()
+        self.num_frames = len(self._pts) if self._pts is not None else (self._stream.frames or 0)
 
-    def _count_packets(self) -> int:
-        """Containers without a frame count in the header (WebM, some MKV): count the video packets."""
-        stream = self._container.streams.video[0]
-        count = sum(1 for packet in self._container.demux(stream) if packet.size > 0)
+    def _frame_timestamps(self) -> list[int] | None:
+        """Sorted presentation timestamps of all frames (from packet headers), or None if some are missing."""
+        try:
+            stamps = [packet.pts for packet in self._container.demux(self._stream) if packet.size > 0]
+        except Exception as err:
+            raise VideoDecodeError(self.path, diagnose(self.path, err)) from err
         self._container.seek(0)
-        return count
+        if not stamps or any(pts is None for pts in stamps):
+            return None
+        return sorted(stamps)
 
     def get_frames(self, indices: list[int]) -> torch.Tensor:
         wanted = sorted(set(int(i) for i in indices))
-        found: dict[int, torch.Tensor] = {}
-        self._container.seek(0)
-        stream = self._container.streams.video[0]
-        stream.thread_type = "AUTO"
         try:
-            for position, frame in enumerate(self._container.decode(stream)):
-                if position in wanted:
-                    found[position] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
-                if position >= wanted[-1]:
-                    break
+            found = self._decode_seeking(wanted) if self._pts is not None else {}
+            if len(found) < len(wanted):  # no timestamps, or a seek that could not reach a frame
+                found.update(self._decode_in_order([i for i in wanted if i not in found]))
+        except VideoDecodeError:
+            raise
         except Exception as err:
             raise VideoDecodeError(self.path, diagnose(self.path, err, num_frames=self.num_frames)) from err
-        missing = [i for i in wanted if i not in found]
-        if missing:
-            raise VideoDecodeError(
-                self.path,
-                f"truncated: the container lists {self.num_frames} frames but decoding stopped "
-                f"after {len(found) and max(found) + 1 or 0} (frame {missing[0]} is missing)",
-            )
         return torch.stack([found[int(i)] for i in indices])
+
+    def _decode_seeking(self, wanted: list[int]) -> dict[int, torch.Tensor]:
+        """Seek near each run of wanted frames and decode forward; frames are matched by timestamp."""
+        position_of = {pts: i for i, pts in enumerate(self._pts)}
+        found: dict[int, torch.Tensor] = {}
+        pending = list(wanted)
+        while pending:
+            target = pending[0]
+            self._container.seek(self._pts[target], backward=True, any_frame=False, stream=self._stream)
+            for frame in self._container.decode(self._stream):
+                position = position_of.get(frame.pts)
+                if position is None:
+                    continue
+                if position in pending:
+                    found[position] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                    pending.remove(position)
+                if not pending or position > pending[0] or pending[0] - position > self.SEEK_GAP:
+                    break
+            else:
+                break  # the stream ended before the target: leave the rest to the in-order pass
+            if pending and position > pending[0]:
+                return found  # the decoder skipped a wanted frame: fall back to decoding in order
+        return found
+
+    def _decode_in_order(self, wanted: list[int]) -> dict[int, torch.Tensor]:
+        """Decode from the start, counting frames, up to the last wanted one (the reference behaviour)."""
+        found: dict[int, torch.Tensor] = {}
+        remaining, decoded = set(wanted), 0
+        self._container.seek(0)
+        for frame in self._container.decode(self._stream):
+            if decoded in remaining:
+                found[decoded] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                remaining.discard(decoded)
+            decoded += 1
+            if not remaining:
+                return found
+        raise VideoDecodeError(
+            self.path,
+            f"truncated: the container lists {self.num_frames} frames but only {decoded} could be decoded "
+            f"(frame {min(remaining)} is missing)",
+        )
 
     def close(self) -> None:
         self._container.close()
 
 
-def default_decoder() -> str:
-    """``decord`` where it is installed, else ``pyav``."""
-    try:
-        import decord  # noqa: F401
-
-        return "decord"
-    except ImportError:
-        return "pyav"
-
-
 def open_video(path: str | os.PathLike, decoder: str = "auto") -> VideoReader:
-    """Open ``path`` with the named backend; raises FileNotFoundError or VideoDecodeError naming the file."""
+    """Open ``path`` with the named backend; raises FileNotFoundError or VideoDecodeError naming the file.
+
+    ``auto`` is PyAV: exact frames on every file tested (see the README's decoding section); ``decord`` is
+    available on request but returns wrong frames after seeking in some H.264 streams.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such video file: {path}")
@@ -145,7 +187,7 @@ def open_video(path: str | os.PathLike, decoder: str = "auto") -> VideoReader:
         raise VideoDecodeError(path, "is a directory, not a video file")
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
-    name = default_decoder() if decoder == "auto" else decoder
+    name = "pyav" if decoder == "auto" else decoder
     if name not in DECODERS:
         raise ValueError(f"decoder must be 'auto' or one of {sorted(DECODERS)}, got {decoder!r}")
     reader = DECODERS[name](path)
@@ -180,7 +222,13 @@ def load_clip(
     reader = open_video(path, decoder)
     try:
         real = sample_indices(
-            reader.num_frames, num_frames, sampling, fps=fps, video_fps=reader.fps, seed=seed, generator=generator
+            reader.num_frames,
+            num_frames,
+            sampling,
+            fps=fps,
+            video_fps=reader.fps,
+            seed=seed,
+            generator=generator,
         )
         frames = reader.get_frames(real.tolist())  # (k, H, W, 3)
     finally:
@@ -188,7 +236,9 @@ def load_clip(
     indices, mask = pad_indices(real, num_frames)
     if len(real) < num_frames:
         frames = torch.cat([frames, frames[-1:].expand(num_frames - len(real), *frames.shape[1:])])
-    return VideoClip(frames=frames, mask=mask, indices=indices, num_total_frames=reader.num_frames, fps=reader.fps)
+    return VideoClip(
+        frames=frames, mask=mask, indices=indices, num_total_frames=reader.num_frames, fps=reader.fps
+    )
 
 
 def load_video(

@@ -38,7 +38,9 @@ def _looks_like_container(path: str) -> bool:
 
 def diagnose(path: str, error: BaseException | None = None, num_frames: int | None = None) -> str:
     """A one-line reason why ``path`` failed to decode, probing it with PyAV where that helps."""
-    detail = f" ({str(error).strip().splitlines()[0][:200]})" if error is not None and str(error).strip() else ""
+    detail = (
+        f" ({str(error).strip().splitlines()[0][:200]})" if error is not None and str(error).strip() else ""
+    )
     try:
         size = os.path.getsize(path)
     except OSError as err:

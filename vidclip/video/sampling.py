@@ -28,7 +28,9 @@ SamplingStrategy = Literal["uniform", "random", "head", "tail", "fps"]
 SAMPLING_STRATEGIES: tuple[str, ...] = get_args(SamplingStrategy)
 
 
-def candidate_indices(num_total_frames: int, *, fps: float | None = None, video_fps: float | None = None) -> torch.Tensor:
+def candidate_indices(
+    num_total_frames: int, *, fps: float | None = None, video_fps: float | None = None
+) -> torch.Tensor:
     """All frame indices, or those at ``fps`` frames per second of a ``video_fps`` video: frame floor(k·video_fps/fps)."""
     if fps is None:
         return torch.arange(num_total_frames)

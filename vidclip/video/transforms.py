@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 
 @dataclass
@@ -33,11 +33,15 @@ class VideoTransform:
     def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8:
             got = frames.dtype if isinstance(frames, torch.Tensor) else type(frames).__name__
-            raise ValueError(f"frames must be a torch.uint8 tensor (T, H, W, 3) as load_video returns, got {got}")
+            raise ValueError(
+                f"frames must be a torch.uint8 tensor (T, H, W, 3) as load_video returns, got {got}"
+            )
         if frames.ndim == 5:
             return torch.stack([self(video, generator) for video in frames])
         if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must have shape (T, H, W, 3) or (B, T, H, W, 3), got {tuple(frames.shape)}")
+            raise ValueError(
+                f"frames must have shape (T, H, W, 3) or (B, T, H, W, 3), got {tuple(frames.shape)}"
+            )
         video = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
         if self.train:
             video = self._random_crop_flip(video, generator)
@@ -47,9 +51,18 @@ class VideoTransform:
         return self._normalise(video)
 
     def _random_crop_flip(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        top, left, height, width = random_resized_crop_box(video.shape[-2:], self.scale, self.ratio, generator)
+        top, left, height, width = random_resized_crop_box(
+            video.shape[-2:], self.scale, self.ratio, generator
+        )
         video = TF.resized_crop(
-            video, top, left, height, width, [self.size, self.size], interpolation=self.interpolation, antialias=True
+            video,
+            top,
+            left,
+            height,
+            width,
+            [self.size, self.size],
+            interpolation=self.interpolation,
+            antialias=True,
         )
         if torch.rand((), generator=generator).item() < self.flip_prob:
             video = video.flip(-1)
@@ -73,7 +86,9 @@ def random_resized_crop_box(
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
         target_area = area * (scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=generator).item())
-        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand((), generator=generator).item())
+        aspect = math.exp(
+            log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand((), generator=generator).item()
+        )
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
@@ -97,7 +112,10 @@ def get_video_transform(model, train: bool = False) -> VideoTransform:
     cfg = getattr(clip.visual, "preprocess_cfg", {})
     size = cfg.get("size", clip.visual.image_size)
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    mean = tuple(cfg.get("mean", getattr(clip.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)))
-    std = tuple(cfg.get("std", getattr(clip.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)))
+    mean = tuple(
+        cfg.get("mean", getattr(clip.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
+    )
+    std = tuple(
+        cfg.get("std", getattr(clip.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
+    )
     return VideoTransform(size=size, mean=mean, std=std, train=train)
-
