@@ -32,9 +32,9 @@ def test_eval_transform_matches_open_clip_preprocessing(model):
     ours = vidclip.get_video_transform(model, train=False)(frames)
     assert ours.shape == (4, 3, 32, 32) and ours.dtype == torch.float32
     reference = open_clip_reference(frames, 32)
-    # PIL's and torch's antialiased bicubic differ by a few grey levels at most (1/255 / std ~ 0.015 each).
-    assert (ours - reference).abs().mean() < 0.02
-    assert (ours - reference).abs().max() < 0.25
+    # PIL and torch antialiased bicubic differ by about a grey level at a few pixels (measured: mean 6e-5, max 0.03).
+    assert (ours - reference).abs().mean() < 1e-3
+    assert (ours - reference).abs().max() < 0.05
 
 
 def test_eval_transform_normalises_with_the_model_statistics(model):
