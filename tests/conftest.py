@@ -6,10 +6,15 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+import torch
 
 from vidclip.synthetic import index_frames, write_video
 
 ASSETS = Path(__file__).parent / "assets"
+
+# Tiny models gain nothing from intra-op threads, and on a 2-core machine running DataLoader workers too, two
+# threads per process oversubscribe the cores (a training step was measured 20x slower).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,17 @@ from __future__ import annotations
 import importlib
 import sys
 
-# name -> (module with main(argv), one-line summary); module None = not built yet in this version.
-COMMANDS: dict[str, tuple[str | None, str]] = {
+# name -> (module with main(argv), one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vidclip.train", "train a model from a YAML config (retrieval or classification)"),
-    "eval": (None, "evaluate a checkpoint on a dataset config; prints a table, writes metrics JSON"),
-    "zeroshot": (None, "classify videos zero-shot against text labels"),
+    "eval": (
+        "vidclip.evaluate",
+        "evaluate a checkpoint on a dataset config; prints a table, writes metrics JSON",
+    ),
+    "zeroshot": (
+        "vidclip.zeroshot",
+        "classify videos (or score a labelled dataset) zero-shot against text labels",
+    ),
     "extract": (
         "vidclip.extract",
         "write video embeddings of files/folders/lists to Parquet parts (resumable)",
@@ -36,9 +42,8 @@ example:
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = []
-    for name, (module, summary) in COMMANDS.items():
-        note = "" if module else "  [not available yet in this version]"
-        lines.append(f"  {name:<{width}}  {summary}{note}")
+    for name, (_, summary) in COMMANDS.items():
+        lines.append(f"  {name:<{width}}  {summary}")
     return USAGE.format(commands="\n".join(lines))
 
 
@@ -57,14 +62,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vidclip: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, _ = COMMANDS[name]
-    if module is None:
-        print(
-            f"vidclip {name}: not available yet in this version of vidclip (it is planned; "
-            "see the README's roadmap). Available now: "
-            + ", ".join(n for n, (m, _) in COMMANDS.items() if m),
-            file=sys.stderr,
-        )
-        return 2
     return importlib.import_module(module).main(rest)
 
 
