@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from vidclip.config import ConfigError
-from vidclip.video import VideoDecodeError, load_clip
+from vidclip.video import load_clip
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -115,7 +115,7 @@ class VideoDataset(Dataset):
                 path, self.num_frames, self.sampling, fps=self.fps, generator=generator, decoder=self.decoder
             )
             video = self.transform(clip.frames, generator=generator)  # (T, 3, S, S)
-        except (VideoDecodeError, OSError) as err:  # FileNotFoundError is an OSError
+        except Exception as err:  # any decoder failure costs this sample only (VideoDecodeError, OSError, ...)
             size = self.image_size
             return {
                 "video": torch.zeros(self.num_frames, 3, size, size),
