@@ -115,7 +115,9 @@ class VideoDataset(Dataset):
                 path, self.num_frames, self.sampling, fps=self.fps, generator=generator, decoder=self.decoder
             )
             video = self.transform(clip.frames, generator=generator)  # (T, 3, S, S)
-        except Exception as err:  # any decoder failure costs this sample only (VideoDecodeError, OSError, ...)
+        except (
+            Exception
+        ) as err:  # any decoder failure costs this sample only (VideoDecodeError, OSError, ...)
             size = self.image_size
             return {
                 "video": torch.zeros(self.num_frames, 3, size, size),

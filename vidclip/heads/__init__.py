@@ -16,4 +16,12 @@ from vidclip.heads.base import (
     register_head,
 )
 
-__all__ = ["HEADS", "InstalledModule", "TemporalHead", "VideoLayout", "create_head", "list_heads", "register_head"]
+__all__ = [
+    "HEADS",
+    "InstalledModule",
+    "TemporalHead",
+    "VideoLayout",
+    "create_head",
+    "list_heads",
+    "register_head",
+]
