@@ -103,11 +103,15 @@ def test_fps_sampling_reads_the_video_frame_rate(index_video):
     assert clip.indices.tolist()[:4] == [0, 25, 50, 75] and clip.mask.tolist() == [True] * 4 + [False] * 8
 
 
-def test_pyav_seeks_exactly_on_a_long_video_with_sparse_indices(index_video):
-    path = index_video(300, 64, 64, options={"g": "50"})  # keyframe every 50 frames
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("gop", ["50", "250"])  # 250: x264's default, targets far past their keyframe
+@pytest.mark.parametrize("backend", ["pyav", "auto"])
+def test_seeking_is_exact_on_long_videos_with_sparse_indices(index_video, gop, backend):
+    path = index_video(600, 64, 64, options={"g": gop})
     reference = decode_all_frames(path)
-    clip = vidclip.load_clip(path, 6, "uniform", decoder="pyav")
-    assert np.array_equal(clip.frames.numpy(), reference[clip.indices.numpy()])
+    for strategy in ("uniform", "random", "head", "tail"):
+        clip = vidclip.load_clip(path, 6, strategy, seed=2, decoder=backend)
+        assert np.array_equal(clip.frames.numpy(), reference[clip.indices.numpy()]), strategy
 
 
 def test_decoders_are_registered_and_unknown_ones_refused(index_video):

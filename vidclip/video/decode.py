@@ -135,21 +135,25 @@ class PyAVReader:
         found: dict[int, torch.Tensor] = {}
         pending = list(wanted)
         while pending:
-            target = pending[0]
-            self._container.seek(self._pts[target], backward=True, any_frame=False, stream=self._stream)
+            self._container.seek(self._pts[pending[0]], backward=True, any_frame=False, stream=self._stream)
+            skipped = False
             for frame in self._container.decode(self._stream):
                 position = position_of.get(frame.pts)
                 if position is None:
                     continue
-                if position in pending:
-                    found[position] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
-                    pending.remove(position)
-                if not pending or position > pending[0] or pending[0] - position > self.SEEK_GAP:
+                if position > pending[0]:
+                    skipped = True  # the decoder never produced a wanted frame
                     break
+                if position == pending[0]:
+                    found[position] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                    pending.pop(0)
+                    # the next wanted frame is far: seeking again is cheaper than decoding up to it
+                    if not pending or pending[0] - position > self.SEEK_GAP:
+                        break
             else:
-                break  # the stream ended before the target: leave the rest to the in-order pass
-            if pending and position > pending[0]:
-                return found  # the decoder skipped a wanted frame: fall back to decoding in order
+                break  # the stream ended first: the in-order pass finds the rest or says it is truncated
+            if skipped:
+                break
         return found
 
     def _decode_in_order(self, wanted: list[int]) -> dict[int, torch.Tensor]:
