@@ -1,0 +1,63 @@
+"""Unusual but valid videos decode exactly: one frame, 4K, odd paths, variable frame rate."""
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+import vidclip
+from vidclip.synthetic import decode_all_frames, index_frames, read_frame_index, write_video
+
+
+def write_variable_frame_rate(path, frames, gaps):
+    """H.264 in MP4 whose frame i lasts gaps[i] ticks of 1/1000 s (a phone-style variable frame rate)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        pts = 0
+        for array, gap in zip(frames, gaps, strict=True):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+            pts += gap
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+def test_single_frame_video_gives_t_copies_and_one_real_frame(tmp_path, backend):
+    path = write_video(tmp_path / "one.mp4", index_frames(1, 64, 64))
+    frames, mask = vidclip.load_video(path, 4, return_mask=True, decoder=backend)
+    assert frames.shape == (4, 64, 64, 3) and mask.tolist() == [True, False, False, False]
+    assert np.array_equal(frames[0].numpy(), decode_all_frames(path)[0])
+
+
+@pytest.mark.slow
+def test_4k_frames_decode_exactly(tmp_path):
+    path = write_video(tmp_path / "uhd.mp4", index_frames(6, 2160, 3840), options={"preset": "ultrafast"})
+    clip = vidclip.load_clip(path, 3)
+    assert clip.frames.shape == (3, 2160, 3840, 3)
+    assert np.array_equal(clip.frames.numpy(), decode_all_frames(path)[clip.indices.numpy()])
+
+
+@pytest.mark.parametrize("name", ["with space.mp4", "vidéo_日本語.mp4", "-dash first.mp4"])
+def test_paths_with_spaces_and_non_ascii_characters(tmp_path, name):
+    folder = tmp_path / "a folder ü"
+    folder.mkdir()
+    path = write_video(folder / name, index_frames(12, 64, 64))
+    clip = vidclip.load_clip(path, 4)
+    assert [read_frame_index(f) for f in clip.frames.numpy()] == clip.indices.tolist()
+
+
+def test_variable_frame_rate_frames_are_counted_not_timed(tmp_path):
+    gaps = [33, 33, 100, 17, 17, 250, 33, 33, 66, 33, 33, 500, 33, 33, 33, 33]  # very uneven frame durations
+    path = tmp_path / "vfr.mp4"
+    write_variable_frame_rate(path, index_frames(len(gaps), 64, 64), gaps)
+    reference = decode_all_frames(path)
+    assert len(reference) == len(gaps)
+    for strategy in ("uniform", "random", "tail"):
+        clip = vidclip.load_clip(path, 5, strategy, seed=1)
+        assert clip.num_total_frames == len(gaps)
+        assert np.array_equal(clip.frames.numpy(), reference[clip.indices.numpy()])
+        assert [read_frame_index(f) for f in clip.frames.numpy()] == clip.indices.tolist()
