@@ -270,9 +270,12 @@ def test_one_step_on_two_processes_equals_one_process(task, data, config_file, t
     assert val_single and val_double == pytest.approx(val_single)
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_weights(data, config_file, tmp_path, monkeypatch):
-    """Ctrl-C after step 3 of 5 (mid-epoch, with gradient accumulation and random sampling/augmentation):
-    exit code 130 and a checkpoint; --resume ends with the weights of a run never interrupted."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_run_resumes_to_the_uninterrupted_weights(
+    data, config_file, tmp_path, monkeypatch, stop_signal
+):
+    """Ctrl-C or a scheduler's SIGTERM after step 3 of 5 (mid-epoch, with gradient accumulation and random
+    sampling/augmentation): exit code 130 and a checkpoint; --resume ends with the uninterrupted weights."""
     extra = ["train.max_steps=5", "train.grad_accumulation=2", "train.save_every=2", "train.lr=1e-3"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     assert run_train(config_file, base_args(data, straight, *extra)) == 0
@@ -282,7 +285,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(data, config_file,
     def interrupt_at_step_3(run, meter, bar):
         original(run, meter, bar)
         if run.state.step == 3:
-            signal.raise_signal(signal.SIGINT)  # as Ctrl-C: the handler asks the loop to stop
+            signal.raise_signal(stop_signal)  # the handler asks the loop to stop after this step
 
     monkeypatch.setattr(loop, "after_step", interrupt_at_step_3)
     assert run_train(config_file, base_args(data, interrupted, *extra)) == train_module.EXIT_INTERRUPTED
