@@ -305,6 +305,28 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(
     assert max_difference(model.state_dict(), weights(straight)) <= 1e-6
 
 
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(data, config_file, tmp_path, monkeypatch):
+    """A truncated model file in the newest step checkpoint: --resume warns, loads the previous step, and the
+    run still ends with the weights of an uninterrupted run."""
+    extra = ["train.max_steps=5", "train.save_every=2", "train.lr=1e-3"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert run_train(config_file, base_args(data, straight, *extra)) == 0
+    original = loop.after_step
+
+    def interrupt_at_step_3(run, meter, bar):
+        original(run, meter, bar)
+        if run.state.step == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(loop, "after_step", interrupt_at_step_3)
+    assert run_train(config_file, base_args(data, interrupted, *extra)) == train_module.EXIT_INTERRUPTED
+    monkeypatch.setattr(loop, "after_step", original)
+    latest = interrupted / "checkpoints" / "step_00000003" / "model.safetensors"
+    latest.write_bytes(latest.read_bytes()[:100])  # torn write / disk corruption
+    assert run_train(config_file, base_args(data, interrupted, *extra), "--resume") == 0
+    assert max_difference(weights(straight), weights(interrupted)) <= 1e-6
+
+
 def test_loss_falls_and_retrieval_beats_chance(data, config_file, tmp_path):
     out = tmp_path / "learn"
     extra = [

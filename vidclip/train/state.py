@@ -139,19 +139,42 @@ def resume_or_start(run: Run, resume: bool) -> None:
     logger, output = get_logger(__name__), Path(run.config.output_dir)
     checkpoints = list_step_checkpoints(output)
     if resume and checkpoints:
-        step, folder = checkpoints[-1]
+        folder = load_latest_readable(run, checkpoints)
         changed = diff_configs(load_config([folder / "config.yaml"]), run.config)
         if changed:
             logger.warning(
                 "resuming with a config that differs from the saved one:\n  " + "\n  ".join(changed)
             )
-        run.accelerator.load_state(str(folder))
         run.saved_step = run.state.step
         logger.info(f"resumed from {folder} at step {run.state.step} of {run.total_steps}")
     elif resume:
         logger.info(f"--resume: no checkpoint in {output} yet, starting from step 0")
     if run.accelerator.is_main_process:
         save_config(run.config, output / "config.yaml")
+
+
+def load_latest_readable(run: Run, checkpoints: list[tuple[int, Path]]) -> Path:
+    """Load the newest step checkpoint that reads back whole; a corrupt one is reported and the one before used.
+
+    Each load replaces the whole state (weights, optimizer, scheduler, RNG, loop position), so a checkpoint that
+    failed half-way leaves nothing behind once an older one has loaded.
+    """
+    from accelerate.logging import get_logger
+
+    logger = get_logger(__name__)
+    for _, folder in reversed(checkpoints):
+        try:
+            run.accelerator.load_state(str(folder))
+            return folder
+        except Exception as err:  # truncated safetensors, a torn optimizer file, unreadable config ...
+            reason = " ".join(str(err).split())[:200]
+            logger.warning(
+                f"checkpoint {folder} is unreadable ({type(err).__name__}: {reason}); trying the one before"
+            )
+    raise RuntimeError(
+        f"no readable checkpoint in {Path(run.config.output_dir) / 'checkpoints'}: every step checkpoint failed to "
+        "load (see the warnings above); remove them to start over"
+    )
 
 
 def write_failures(run: Run) -> None:
