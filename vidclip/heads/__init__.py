@@ -5,6 +5,7 @@ from vidclip.heads import (
     query_scored,  # noqa: F401  (registers "query_scored")
     seq_lstm,  # noqa: F401  (registers "seq_lstm")
     seq_transformer,  # noqa: F401  (registers "seq_transformer")
+    ted_adapter,  # noqa: F401  (registers "ted_adapter")
 )
 from vidclip.heads.base import (
     HEADS,

@@ -44,13 +44,15 @@ class HeadContext:
     def __init__(self) -> None:
         self.layout: VideoLayout | None = None
 
-    def require_layout(self) -> VideoLayout:
-        if self.layout is None:
+    def require_layout(self, num_images: int) -> VideoLayout:
+        """The current layout, checked against the ``num_images`` = B*T images the tower is processing."""
+        layout = self.layout
+        if layout is None or layout.batch_size * layout.num_frames != num_images:
             raise RuntimeError(
                 "this head's image-tower modules need the video layout: encode frames through "
                 "VideoCLIP.encode_video, not clip.encode_image directly"
             )
-        return self.layout
+        return layout
 
 
 class TemporalHead(nn.Module):
@@ -69,12 +71,13 @@ class TemporalHead(nn.Module):
 
     @contextlib.contextmanager
     def video_context(self, layout: VideoLayout) -> Iterator[None]:
-        """Make ``layout`` visible to installed modules for the duration of one image-tower call."""
-        previous, self.context.layout = self.context.layout, layout
-        try:
-            yield
-        finally:
-            self.context.layout = previous
+        """Make ``layout`` visible to installed modules for one image-tower call.
+
+        The layout stays readable after the call: activation checkpointing re-runs the tower's blocks during
+        backward, outside this context, and they need the layout of the forward pass they replay.
+        """
+        self.context.layout = layout
+        yield
 
     def pool(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """frames: (B, T, D), mask: (B, T) -> L2-normalised video embeddings (B, D). Text-independent heads."""
