@@ -270,6 +270,22 @@ def test_one_step_on_two_processes_equals_one_process(task, data, config_file, t
     assert val_single and val_double == pytest.approx(val_single)
 
 
+def run_interrupted(config_file, args, monkeypatch, step: int, stop_signal=signal.SIGINT) -> int:
+    """Run training and send ``stop_signal`` to ourselves right after optimizer step ``step``."""
+    original = loop.after_step
+
+    def interrupt(run, meter, bar):
+        original(run, meter, bar)
+        if run.state.step == step:
+            signal.raise_signal(stop_signal)  # the handler asks the loop to stop after this step
+
+    monkeypatch.setattr(loop, "after_step", interrupt)
+    try:
+        return run_train(config_file, args)
+    finally:
+        monkeypatch.setattr(loop, "after_step", original)
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_run_resumes_to_the_uninterrupted_weights(
     data, config_file, tmp_path, monkeypatch, stop_signal
@@ -279,17 +295,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(
     extra = ["train.max_steps=5", "train.grad_accumulation=2", "train.save_every=2", "train.lr=1e-3"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     assert run_train(config_file, base_args(data, straight, *extra)) == 0
-
-    original = loop.after_step
-
-    def interrupt_at_step_3(run, meter, bar):
-        original(run, meter, bar)
-        if run.state.step == 3:
-            signal.raise_signal(stop_signal)  # the handler asks the loop to stop after this step
-
-    monkeypatch.setattr(loop, "after_step", interrupt_at_step_3)
-    assert run_train(config_file, base_args(data, interrupted, *extra)) == train_module.EXIT_INTERRUPTED
-    monkeypatch.setattr(loop, "after_step", original)
+    args = base_args(data, interrupted, *extra)
+    assert run_interrupted(config_file, args, monkeypatch, 3, stop_signal) == train_module.EXIT_INTERRUPTED
     assert (interrupted / "checkpoints" / "step_00000003").is_dir() and not (
         interrupted / "model.safetensors"
     ).exists()
@@ -311,16 +318,8 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(data, config_f
     extra = ["train.max_steps=5", "train.save_every=2", "train.lr=1e-3"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     assert run_train(config_file, base_args(data, straight, *extra)) == 0
-    original = loop.after_step
-
-    def interrupt_at_step_3(run, meter, bar):
-        original(run, meter, bar)
-        if run.state.step == 3:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(loop, "after_step", interrupt_at_step_3)
-    assert run_train(config_file, base_args(data, interrupted, *extra)) == train_module.EXIT_INTERRUPTED
-    monkeypatch.setattr(loop, "after_step", original)
+    args = base_args(data, interrupted, *extra)
+    assert run_interrupted(config_file, args, monkeypatch, 3) == train_module.EXIT_INTERRUPTED
     latest = interrupted / "checkpoints" / "step_00000003" / "model.safetensors"
     latest.write_bytes(latest.read_bytes()[:100])  # torn write / disk corruption
     assert run_train(config_file, base_args(data, interrupted, *extra), "--resume") == 0
