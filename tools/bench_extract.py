@@ -1,0 +1,114 @@
+"""Benchmark: ``vidclip extract`` end to end against the model-bound limit, measured in the same run.
+
+    python tools/bench_extract.py [--videos 32] [--model ViT-B-32] [--num-frames 12] [--batch-size 8]
+                                  [--num-workers 2] [--device cpu|cuda]
+
+Generates (once, cached) short 480p H.264 videos, then measures:
+  model-bound: the same model on frames decoded and transformed beforehand (only encode_video is timed),
+  end to end:  ``vidclip extract`` on the files (decoding in DataLoader workers, Parquet parts written).
+Prints videos/s for both and their ratio (goal on a GPU: end to end >= 90% of model-bound); the end-to-end
+time also includes loading the checkpoint, measured separately and shown. Random weights (no download):
+speed does not depend on their values. fp32 on both sides (``extract`` has no mixed-precision option yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vidclip
+from vidclip.extract import main as extract_main
+from vidclip.synthetic import write_video
+
+
+def make_videos(folder: Path, count: int, seconds: int = 10, fps: int = 30) -> list[Path]:
+    """``count`` 480p H.264 videos with a 1 s keyframe interval (as a prepared dataset would have)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"video_{i:04d}.mp4"
+        if not path.exists():
+            rng = np.random.default_rng(i)
+            base = rng.integers(0, 256, (60, 107, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)[:480, :852]
+            frames = (np.roll(base, 4 * t, axis=1) for t in range(seconds * fps))
+            write_video(path, frames, fps=fps, options={"g": str(fps), "preset": "veryfast"})
+        paths.append(path)
+    return paths
+
+
+def model_bound(model, paths, num_frames: int, batch_size: int, device: str) -> float:
+    """Videos/s of encode_video alone, on batches decoded and transformed before the clock starts."""
+    transform = vidclip.get_video_transform(model)
+    clips = [vidclip.load_clip(p, num_frames) for p in paths]
+    batches = [
+        (
+            torch.stack([transform(c.frames) for c in clips[i : i + batch_size]]),
+            torch.stack([c.mask for c in clips[i : i + batch_size]]),
+        )
+        for i in range(0, len(clips), batch_size)
+    ]
+    with torch.no_grad():
+        model.encode_video(batches[0][0].to(device), batches[0][1].to(device))  # warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for video, mask in batches:
+            model.encode_video(video.to(device, non_blocking=True), mask.to(device))
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return len(paths) / (time.perf_counter() - start)
+
+
+def end_to_end(run_dir: Path, folder: Path, out: Path, count: int, args: argparse.Namespace) -> float:
+    """Videos/s of the ``vidclip extract`` command (checkpoint loading included)."""
+    shutil.rmtree(out, ignore_errors=True)
+    options = ["--checkpoint", str(run_dir), "--batch-size", str(args.batch_size), "--device", args.device]
+    options += ["--num-workers", str(args.num_workers), "--part-size", "1000"]
+    start = time.perf_counter()
+    assert extract_main([str(folder), "--out", str(out), *options]) == 0
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--videos", type=int, default=32)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--num-frames", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vidclip-bench-extract")
+    args = parser.parse_args()
+
+    paths = make_videos(args.cache / "videos", args.videos)
+    model = vidclip.create_model(args.model, num_frames=args.num_frames, device=args.device).eval()
+    run_dir = vidclip.save_checkpoint(model, args.cache / "run").parent
+    bound = model_bound(model, paths, args.num_frames, args.batch_size, args.device)
+    start = time.perf_counter()
+    vidclip.load_checkpoint(run_dir, device=args.device)
+    load_seconds = time.perf_counter() - start
+    total = end_to_end(run_dir, args.cache / "videos", args.cache / "out", len(paths), args)
+    print(
+        f"# bench_extract  {platform.machine()}, {args.device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
+    print(
+        f"{args.model} (fp32), {args.num_frames} frames, batch {args.batch_size}, {args.num_workers} workers, {len(paths)} videos of 10 s 480p"
+    )
+    print(f"model-bound (pre-decoded tensors)  {bound:8.2f} videos/s")
+    print(
+        f"vidclip extract, end to end        {total:8.2f} videos/s  (includes {load_seconds:.1f} s of checkpoint loading)"
+    )
+    print(f"end to end / model-bound = {100 * total / bound:.0f}%   (goal on a GPU >= 90%)")
+
+
+if __name__ == "__main__":
+    main()
