@@ -61,3 +61,33 @@ def test_variable_frame_rate_frames_are_counted_not_timed(tmp_path):
         assert clip.num_total_frames == len(gaps)
         assert np.array_equal(clip.frames.numpy(), reference[clip.indices.numpy()])
         assert [read_frame_index(f) for f in clip.frames.numpy()] == clip.indices.tolist()
+
+
+def write_rotated(path, frames, degrees):
+    """H.264 in MP4 with a display matrix: a player shows the frames turned ``degrees`` counter-clockwise."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.set_display_rotation(degrees)
+        for array in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize(("degrees", "white_edge"), [(90, "left"), (-90, "right"), (180, "bottom")])
+def test_rotated_phone_video_comes_out_upright(tmp_path, degrees, white_edge):
+    frames = np.zeros((6, 48, 64, 3), dtype=np.uint8)
+    frames[:, :8] = 255  # the stored picture's top edge is white
+    path = tmp_path / f"rotated_{degrees}.mp4"
+    write_rotated(path, frames, degrees)
+    clip = vidclip.load_clip(path, 3)
+    upright = clip.frames.float().mean(dim=(0, 3))  # (H, W) brightness
+    expected_shape = (48, 64) if degrees == 180 else (64, 48)
+    assert tuple(upright.shape) == expected_shape
+    edges = {
+        "left": upright[:, :4].mean(),
+        "right": upright[:, -4:].mean(),
+        "top": upright[:4].mean(),
+        "bottom": upright[-4:].mean(),
+    }
+    assert edges[white_edge] > 200 and min(v for k, v in edges.items() if k != white_edge) < 60

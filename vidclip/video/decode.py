@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from vidclip.video.errors import VideoDecodeError, diagnose
@@ -77,7 +78,8 @@ class DecordReader:
 
 @register_decoder("pyav")
 class PyAVReader:
-    """CPU decoding with PyAV (FFmpeg), exact by construction: frames are identified by their timestamps.
+    """CPU decoding with PyAV (FFmpeg), exact by construction: frames are identified by their timestamps; frames
+    with a display rotation (phone videos) come out upright.
 
     Opening demuxes the packet headers once (no decoding) to list every frame's presentation timestamp; frame
     i is the i-th smallest. ``get_frames`` seeks to the sync frame before each needed frame (FFmpeg's index,
@@ -145,7 +147,7 @@ class PyAVReader:
                     skipped = True  # the decoder never produced a wanted frame
                     break
                 if position == pending[0]:
-                    found[position] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                    found[position] = upright_rgb(frame)
                     pending.pop(0)
                     # the next wanted frame is far: seeking again is cheaper than decoding up to it
                     if not pending or pending[0] - position > self.SEEK_GAP:
@@ -163,7 +165,7 @@ class PyAVReader:
         self._container.seek(0)
         for frame in self._container.decode(self._stream):
             if decoded in remaining:
-                found[decoded] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                found[decoded] = upright_rgb(frame)
                 remaining.discard(decoded)
             decoded += 1
             if not remaining:
@@ -176,6 +178,14 @@ class PyAVReader:
 
     def close(self) -> None:
         self._container.close()
+
+
+def upright_rgb(frame) -> torch.Tensor:
+    """A PyAV frame as uint8 (H, W, 3) RGB, turned upright as a player shows it (phone videos store the sensor's
+    orientation and a display rotation: ``frame.rotation`` degrees counter-clockwise, as FFmpeg's autorotate)."""
+    array = frame.to_ndarray(format="rgb24")
+    turns = round(getattr(frame, "rotation", 0) or 0) // 90 % 4
+    return torch.from_numpy(np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array)
 
 
 def open_video(path: str | os.PathLike, decoder: str = "auto") -> VideoReader:
