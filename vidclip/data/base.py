@@ -21,9 +21,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from vidclip.config import DataConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Split = Literal["train", "val", "test"]
 
@@ -171,5 +174,25 @@ def read_annotations(config: DataConfig, task: str, split: Split) -> Annotations
 
 def read_lines(path: str | os.PathLike) -> list[str]:
     """Non-empty stripped lines of a text file (class-name lists, split lists)."""
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as err:
+        raise AnnotationError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+
+
+def read_csv_file(path: str | os.PathLike, **options: Any) -> pd.DataFrame:
+    """``pandas.read_csv`` whose failures (empty file, broken quoting, ragged rows, bad bytes) name the file."""
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():  # a row longer than the header would silently shift into an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, index_col=False, **options)
+    except pd.errors.ParserWarning:
+        raise AnnotationError(f"{path}: a row has more fields than the header (unquoted commas?)") from None
+    except pd.errors.EmptyDataError:
+        raise AnnotationError(f"{path}: empty file, expected a CSV with a header row") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        reason = " ".join(str(err).split())
+        raise AnnotationError(f"{path}: not a readable CSV ({reason})") from None

@@ -23,6 +23,7 @@ from vidclip.data.base import (
     RetrievalAnnotations,
     Split,
     VideoRecord,
+    read_csv_file,
     read_lines,
     register_format,
 )
@@ -33,7 +34,7 @@ class CsvReader(AnnotationReader):
     """``video,caption`` or ``video,label`` CSV files, one per split."""
 
     def _table(self, path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-        table = pd.read_csv(path, dtype={"video": str, "id": str}, keep_default_na=False)
+        table = read_csv_file(path, dtype={"video": str, "id": str}, keep_default_na=False)
         missing = [column for column in columns if column not in table.columns]
         if missing:
             raise AnnotationError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")

@@ -73,7 +73,7 @@ def load_paragraphs(path: Path) -> dict[str, str]:
     with open(path, encoding="utf-8") as f:
         try:
             moments = json.load(f)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a UnicodeDecodeError: not UTF-8 text
             raise AnnotationError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(moments, list):
         raise AnnotationError(f"{path}: expected a list of moments (DiDeMo's {{split}}_data.json)")

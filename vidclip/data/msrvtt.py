@@ -32,6 +32,7 @@ from vidclip.data.base import (
     RetrievalAnnotations,
     Split,
     VideoRecord,
+    read_csv_file,
     read_lines,
     register_format,
 )
@@ -90,7 +91,7 @@ def read_split_table(path: Path) -> pd.DataFrame:
     if path.suffix.lower() == ".txt":
         table = pd.DataFrame({"video_id": read_lines(path)})
     else:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = read_csv_file(path, dtype=str, keep_default_na=False)
         table.columns = [str(column).strip() for column in table.columns]
         if "video_id" not in table.columns:
             raise AnnotationError(f"{path}: no 'video_id' column; found {list(table.columns)}")
@@ -106,7 +107,7 @@ def load_sentences(path: Path) -> dict[str, list[str]]:
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a UnicodeDecodeError: not UTF-8 text
             raise AnnotationError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict) or not isinstance(data.get("sentences"), list):
         raise AnnotationError(f"{path}: expected an object with a 'sentences' list (MSRVTT_data.json)")

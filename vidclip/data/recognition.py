@@ -40,6 +40,7 @@ from vidclip.data.base import (
     ClassificationAnnotations,
     Split,
     VideoRecord,
+    read_csv_file,
     read_lines,
     register_format,
 )
@@ -126,7 +127,7 @@ class KineticsReader(AnnotationReader):
         return _finish(self, split, path, default_root(self, path), videos, labels, classes)
 
     def _table(self, path: Path) -> pd.DataFrame:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = read_csv_file(path, dtype=str, keep_default_na=False)
         missing = [column for column in self.columns if column not in table.columns]
         if missing:
             raise AnnotationError(
