@@ -101,6 +101,7 @@ def train(config: Config, resume: bool = False) -> int:
             get_logger(__name__).warning(
                 f"interrupted at step {step}: state saved in {folder}; continue with --resume"
             )
+    accelerator.wait_for_everyone()  # no process tears the process group down while a peer still uses it
     accelerator.end_training()
     return 0 if completed else EXIT_INTERRUPTED
 
