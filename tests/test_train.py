@@ -8,6 +8,7 @@ the loss falls and retrieval beats chance on generated data; bf16 autocast and g
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,6 +257,11 @@ def test_one_step_on_two_processes_equals_one_process(task, data, config_file, t
     ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=240)
+    if result.returncode != 0 and TEARDOWN_ABORT in result.stderr and (double / "model.safetensors").exists():
+        # Rarely (about 1 run in 15 here) a gloo worker aborts in C++ teardown after the run has finished and
+        # saved; that is torch's process-group shutdown, not the result under test. Run once more from scratch.
+        shutil.rmtree(double)
+        result = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 processes" in result.stderr
     torch.manual_seed(0)  # the run's seed: the initial weights
@@ -268,6 +274,9 @@ def test_one_step_on_two_processes_equals_one_process(task, data, config_file, t
         {k: v for k, v in read_metrics(run)[-1].items() if k.startswith("val/")} for run in (single, double)
     )
     assert val_single and val_double == pytest.approx(val_single)
+
+
+TEARDOWN_ABORT = "terminate called without an active exception"
 
 
 def run_interrupted(config_file, args, monkeypatch, step: int, stop_signal=signal.SIGINT) -> int:
