@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
 import torch
 
-from vidclip.video.errors import VideoDecodeError, diagnose
+from vidclip.video.errors import VideoDecodeError
+from vidclip.video.pyav_reader import PyAVReader
 from vidclip.video.sampling import SamplingStrategy, pad_indices, sample_indices
 
 
@@ -52,7 +52,7 @@ def register_decoder(name: str) -> Callable:
 
 @register_decoder("decord")
 class DecordReader:
-    """CPU decoding with decord (the ``decord2`` fork); ``get_batch`` seeks instead of decoding every frame."""
+    """CPU decoding with decord (the ``decord2`` fork); only on request, as it is fast but not exact everywhere."""
 
     def __init__(self, path: str, num_threads: int = 1):
         import decord  # lazy: optional at import time
@@ -61,131 +61,36 @@ class DecordReader:
         try:
             self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
         except Exception as err:  # decord raises DECORDError / RuntimeError with FFmpeg's text
-            raise VideoDecodeError(path, diagnose(path, err)) from err
+            raise VideoDecodeError(path, decord_failure_reason(path, err)) from err
         self.num_frames = len(self._reader)
         self.fps = float(self._reader.get_avg_fps())
 
     def get_frames(self, indices: list[int]) -> torch.Tensor:
         try:
-            frames = self._reader.get_batch(list(indices)).asnumpy()
+            frames = self._reader.get_batch(list(indices)).asnumpy()  # (k, H, W, 3)
         except Exception as err:
-            raise VideoDecodeError(self.path, diagnose(self.path, err, num_frames=self.num_frames)) from err
+            raise VideoDecodeError(self.path, decord_failure_reason(self.path, err)) from err
         return torch.from_numpy(frames)
 
     def close(self) -> None:
         self._reader = None
 
 
-@register_decoder("pyav")
-class PyAVReader:
-    """CPU decoding with PyAV (FFmpeg), exact by construction: frames are identified by their timestamps; frames
-    with a display rotation (phone videos) come out upright.
-
-    Opening demuxes the packet headers once (no decoding) to list every frame's presentation timestamp; frame
-    i is the i-th smallest. ``get_frames`` seeks to the sync frame before each needed frame (FFmpeg's index,
-    which knows real IDR frames), decodes forward, and keeps the frames whose timestamps are wanted, so a seek
-    that lands early or a decoder that skips frames can never shift the result by one. Streams without
-    timestamps are decoded in order from the start.
-    """
-
-    SEEK_GAP = 64  # decode through gaps shorter than this instead of seeking again
-
-    def __init__(self, path: str):
-        import av
-
-        self.path = path
+def decord_failure_reason(path: str, error: BaseException) -> str:
+    """Why decord failed: PyAV's own reason when FFmpeg cannot read the file either, else a decord bug."""
+    try:
+        reader = PyAVReader(path)
         try:
-            self._container = av.open(path)
-        except Exception as err:
-            raise VideoDecodeError(path, diagnose(path, err)) from err
-        if not self._container.streams.video:
-            self._container.close()
-            raise VideoDecodeError(path, "no video stream (the file holds only audio, subtitles or data)")
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
-        rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
-        self.fps = float(rate) if rate else 0.0
-        self._pts = self._frame_timestamps()
-        self.num_frames = len(self._pts) if self._pts is not None else (self._stream.frames or 0)
-
-    def _frame_timestamps(self) -> list[int] | None:
-        """Sorted presentation timestamps of all frames (from packet headers), or None if some are missing."""
-        try:
-            stamps = [packet.pts for packet in self._container.demux(self._stream) if packet.size > 0]
-        except Exception as err:
-            raise VideoDecodeError(self.path, diagnose(self.path, err)) from err
-        self._container.seek(0)
-        if not stamps or any(pts is None for pts in stamps):
-            return None
-        return sorted(stamps)
-
-    def get_frames(self, indices: list[int]) -> torch.Tensor:
-        wanted = sorted(set(int(i) for i in indices))
-        try:
-            found = self._decode_seeking(wanted) if self._pts is not None else {}
-            if len(found) < len(wanted):  # no timestamps, or a seek that could not reach a frame
-                found.update(self._decode_in_order([i for i in wanted if i not in found]))
-        except VideoDecodeError:
-            raise
-        except Exception as err:
-            raise VideoDecodeError(self.path, diagnose(self.path, err, num_frames=self.num_frames)) from err
-        return torch.stack([found[int(i)] for i in indices])
-
-    def _decode_seeking(self, wanted: list[int]) -> dict[int, torch.Tensor]:
-        """Seek near each run of wanted frames and decode forward; frames are matched by timestamp."""
-        position_of = {pts: i for i, pts in enumerate(self._pts)}
-        found: dict[int, torch.Tensor] = {}
-        pending = list(wanted)
-        while pending:
-            self._container.seek(self._pts[pending[0]], backward=True, any_frame=False, stream=self._stream)
-            skipped = False
-            for frame in self._container.decode(self._stream):
-                position = position_of.get(frame.pts)
-                if position is None:
-                    continue
-                if position > pending[0]:
-                    skipped = True  # the decoder never produced a wanted frame
-                    break
-                if position == pending[0]:
-                    found[position] = upright_rgb(frame)
-                    pending.pop(0)
-                    # the next wanted frame is far: seeking again is cheaper than decoding up to it
-                    if not pending or pending[0] - position > self.SEEK_GAP:
-                        break
-            else:
-                break  # the stream ended first: the in-order pass finds the rest or says it is truncated
-            if skipped:
-                break
-        return found
-
-    def _decode_in_order(self, wanted: list[int]) -> dict[int, torch.Tensor]:
-        """Decode from the start, counting frames, up to the last wanted one (the reference behaviour)."""
-        found: dict[int, torch.Tensor] = {}
-        remaining, decoded = set(wanted), 0
-        self._container.seek(0)
-        for frame in self._container.decode(self._stream):
-            if decoded in remaining:
-                found[decoded] = upright_rgb(frame)
-                remaining.discard(decoded)
-            decoded += 1
-            if not remaining:
-                return found
-        raise VideoDecodeError(
-            self.path,
-            f"truncated: the container lists {self.num_frames} frames but only {decoded} could be decoded "
-            f"(frame {min(remaining)} is missing)",
-        )
-
-    def close(self) -> None:
-        self._container.close()
+            reader.get_frames([0, reader.num_frames - 1])
+        finally:
+            reader.close()
+    except VideoDecodeError as err:
+        return err.reason
+    first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    return f"decord failed on a file FFmpeg decodes ({first_line}); use decoder='pyav' or 'auto'"
 
 
-def upright_rgb(frame) -> torch.Tensor:
-    """A PyAV frame as uint8 (H, W, 3) RGB, turned upright as a player shows it (phone videos store the sensor's
-    orientation and a display rotation: ``frame.rotation`` degrees counter-clockwise, as FFmpeg's autorotate)."""
-    array = frame.to_ndarray(format="rgb24")
-    turns = round(getattr(frame, "rotation", 0) or 0) // 90 % 4
-    return torch.from_numpy(np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array)
+register_decoder("pyav")(PyAVReader)
 
 
 def open_video(path: str | os.PathLike, decoder: str = "auto") -> VideoReader:

@@ -1,0 +1,161 @@
+"""The PyAV (FFmpeg) backend: exact frames by timestamp, seeking only where that saves decoding.
+
+Opening demuxes the packet headers once (no decoding) into a frame table: every frame's presentation
+timestamp (frame i has the i-th smallest), and which frames the container marks as seek points. Packets an
+edit list discards (a cut made with ``ffmpeg -ss ... -c copy``) are left out, as the decoder drops their
+frames too. ``get_frames`` seeks to the latest seek point before a wanted frame only when that skips frames,
+decodes forward and keeps the frames whose timestamps are wanted, so a seek that lands early can never shift
+the result by one. Containers mark some frames as seek points that a decoder cannot start from (H.264 I-frames
+that are not IDR, in x264 streams without B-frames and lossless RGB x264): a seek that does not start on a
+decoded key frame is distrusted and an earlier seek point used instead. Streams without timestamps, or with
+frames no seek reaches, are decoded in order from the start, counting frames as the reference decode does.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from vidclip.video.errors import VideoDecodeError, diagnose
+
+log = logging.getLogger(__name__)
+
+
+class PyAVReader:
+    """CPU decoding with PyAV; ``get_frames`` returns uint8 (k, H, W, 3) RGB frames in the order asked, turned
+    upright where the file stores a display rotation (phone videos)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._container = self._open()
+        if not self._container.streams.video:
+            self._container.close()
+            raise VideoDecodeError(path, "no video stream (the file holds only audio, subtitles or data)")
+        stream = self._container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        self.fps = float(rate) if rate else 0.0
+        self._pts, self._seek_points = self._frame_table(stream)
+        self.num_frames = len(self._pts)
+        self._position_of = {pts: i for i, pts in enumerate(self._pts)}
+        if None in self._position_of or len(self._position_of) < self.num_frames:
+            self._seek_points = []  # missing or repeated timestamps cannot name frames: decode in order
+
+    def _open(self):
+        import av  # lazy: optional at import time
+
+        try:
+            container = av.open(self.path)
+        except Exception as err:
+            raise VideoDecodeError(self.path, diagnose(self.path, err)) from err
+        if container.streams.video:
+            container.streams.video[0].thread_type = "AUTO"
+        return container
+
+    @property
+    def _stream(self):
+        return self._container.streams.video[0]
+
+    def _frame_table(self, stream) -> tuple[list, list[int]]:
+        """Sorted presentation timestamps of the decodable frames, and the positions of the seek points."""
+        try:
+            packets = [p for p in self._container.demux(stream) if p.size > 0 and not p.is_discard]
+        except Exception as err:
+            raise VideoDecodeError(self.path, diagnose(self.path, err)) from err
+        if any(p.pts is None for p in packets):
+            return [None] * len(packets), []
+        order = sorted(range(len(packets)), key=lambda k: packets[k].pts)
+        return [packets[k].pts for k in order], [i for i, k in enumerate(order) if packets[k].is_keyframe]
+
+    def get_frames(self, indices: list[int]) -> torch.Tensor:
+        """Frames at ``indices`` (any order, repeats allowed, each in [0, num_frames)): uint8 (k, H, W, 3)."""
+        wanted = sorted({int(i) for i in indices})
+        if wanted and not 0 <= wanted[0] <= wanted[-1] < self.num_frames:
+            raise ValueError(f"indices must lie in [0, {self.num_frames}), got {wanted[0]}..{wanted[-1]}")
+        try:
+            found = self._decode_seeking(wanted)
+            missing = [i for i in wanted if i not in found]
+            if missing:
+                log.debug("%s: decoding %d frames in order from the start", self.path, len(missing))
+                found.update(self._decode_in_order(missing))
+        except VideoDecodeError:
+            raise
+        except Exception as err:
+            raise VideoDecodeError(self.path, diagnose(self.path, err, num_frames=self.num_frames)) from err
+        return torch.stack([found[int(i)] for i in indices])
+
+    def _seek_point_before(self, position: int) -> int | None:
+        """The latest trusted seek point at or before ``position``, or None."""
+        k = bisect.bisect_right(self._seek_points, position)
+        return self._seek_points[k - 1] if k else None
+
+    def _decode_seeking(self, wanted: list[int]) -> dict[int, torch.Tensor]:
+        """Decode forward from seek points; returns the wanted frames it reached (the rest go in order)."""
+        found: dict[int, torch.Tensor] = {}
+        pending = deque(wanted)
+        frames: Iterator | None = None
+        position = None  # the last frame decoded (start - 1 right after seeking to start); None: not decoding
+        while pending:
+            start = self._seek_point_before(pending[0])
+            if start is None:
+                break
+            if position is None or start > position + 1:  # seeking there skips frames (or must start)
+                frames = self._seek(start)
+                position = None if frames is None else start - 1
+                continue
+            frame = next(frames, None)
+            if frame is None:
+                break
+            position = self._position_of.get(frame.pts, position)
+            if position > pending[0]:
+                break  # the decoder skipped a wanted frame
+            if position == pending[0]:
+                found[pending.popleft()] = upright_rgb(frame)
+        return found
+
+    def _seek(self, start: int) -> Iterator | None:
+        """Seek to seek point ``start`` and return the decoded frames from there; if decoding does not begin on
+        a key frame at ``start`` (FFmpeg may land on an earlier one: an I-frame that is not a sync sample), drop
+        ``start`` from the seek points and return None (the caller tries an earlier one)."""
+        self._container.seek(self._pts[start], backward=True, any_frame=False, stream=self._stream)
+        frames = self._container.decode(self._stream)
+        first = next(frames, None)
+        if first is None or self._position_of.get(first.pts) != start or not first.key_frame:
+            self._seek_points.remove(start)
+            return None
+        return itertools.chain([first], frames)
+
+    def _decode_in_order(self, wanted: list[int]) -> dict[int, torch.Tensor]:
+        """Decode from the start, counting frames, up to the last wanted one (the reference behaviour)."""
+        self._container.close()
+        self._container = self._open()  # reopened rather than rewound: raw streams cannot seek
+        found: dict[int, torch.Tensor] = {}
+        remaining, decoded = set(wanted), 0
+        for frame in self._container.decode(self._stream):
+            if decoded in remaining:
+                found[decoded] = upright_rgb(frame)
+                remaining.discard(decoded)
+            decoded += 1
+            if not remaining:
+                return found
+        raise VideoDecodeError(
+            self.path,
+            f"truncated: the container lists {self.num_frames} frames but only {decoded} could be decoded "
+            f"(frame {min(remaining)} is missing)",
+        )
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def upright_rgb(frame) -> torch.Tensor:
+    """A PyAV frame as uint8 (H, W, 3) RGB, turned upright as a player shows it (phone videos store the sensor's
+    orientation and a display rotation: ``frame.rotation`` degrees counter-clockwise, as FFmpeg's autorotate)."""
+    array = frame.to_ndarray(format="rgb24")
+    turns = round(getattr(frame, "rotation", 0) or 0) // 90 % 4
+    return torch.from_numpy(np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array)
