@@ -1,10 +1,11 @@
-"""ted_adapter: identity at initialisation, the temporal convolution looks at the right frames, only adapters train."""
+"""ted_adapter: identity at initialisation, the temporal convolutions look at the right frames, padding counts
+as absent, only the adapters train, and the ViT-B/16 parameter count."""
 
 import pytest
 import torch
 
 import vidclip
-from vidclip.heads.ted_adapter import AdaptedBlock, TEDAdapter
+from vidclip.heads.ted_adapter import AdaptedBlock, FrameAdapter, TEDAdapter
 
 T = 4
 
@@ -18,16 +19,36 @@ def pair():
     return adapted, plain
 
 
+@pytest.fixture(scope="module")
+def trained():
+    """A ted_adapter model whose adapters are off their zero init (as after some training)."""
+    torch.manual_seed(0)
+    model = vidclip.create_model("tiny", head="ted_adapter", num_frames=T).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.new_modules():
+            for param in module.parameters():
+                param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    return model
+
+
 def adapters(model) -> list[TEDAdapter]:
     return [m for m in model.clip.modules() if isinstance(m, TEDAdapter)]
+
+
+def all_valid(batch: int = 1) -> torch.Tensor:
+    return torch.ones(batch, T, 1, 1, dtype=torch.bool)
 
 
 def test_untrained_model_equals_plain_clip(pair):
     adapted, plain = pair
     video = torch.randn(2, T, 3, 32, 32)
+    ours, theirs = adapted.encode_video(video), plain.encode_video(video)
     # equal up to float reassociation (measured 7e-7: the wrapped block's tensors have another memory layout)
-    assert torch.allclose(adapted.encode_video(video).frames, plain.encode_video(video).frames, atol=1e-5)
+    assert torch.allclose(ours.frames, theirs.frames, atol=1e-5)
+    assert torch.allclose(ours.pooled, theirs.pooled, atol=1e-5)  # the frame adapter starts as the identity
     assert len(adapters(adapted)) == len(adapted.clip.visual.transformer.resblocks) == 2
+    assert isinstance(adapted.head.frame_adapter, FrameAdapter)
 
 
 def test_wrapper_calls_the_block_like_open_clip(pair):
@@ -48,9 +69,8 @@ def test_temporal_convolution_reads_the_previous_frame(pair):
         adapter.enhance_conv.weight.zero_()
         adapter.enhance_conv.weight[:, 0, 0] = 1.0  # kernel [1, 0, 0]: output t = input t-1
     video = torch.randn(1, T, 17, 64)
-    valid = torch.ones(1, T, 1, 1)
-    out = adapter.enhance(video, valid)
-    per_frame = adapter.enhance_up(adapter.enhance_down(video) * 1.0)  # what each frame would give alone
+    out = adapter.enhance(video, all_valid())
+    per_frame = adapter.enhance_up(adapter.enhance_down(video))  # what each frame would give alone
     assert torch.allclose(out[:, 1:], per_frame[:, :-1], atol=1e-5)  # shifted by one frame forwards
     assert torch.allclose(out[:, 0], adapter.enhance_up.bias.expand_as(out[:, 0]), atol=1e-6)  # zero padding
 
@@ -61,22 +81,60 @@ def test_difference_branch_is_zero_for_a_still_video(pair):
     with torch.no_grad():
         adapter.diff_conv.weight.normal_()
     still = torch.randn(1, 1, 16, 64).expand(1, T, 16, 64)
-    out = adapter.difference(still, torch.ones(1, T, 1, 1))
+    out = adapter.difference(still, all_valid())
     assert torch.allclose(out, adapter.diff_up.bias.expand_as(out), atol=1e-5)
     moving = still + torch.arange(T).view(1, T, 1, 1)
-    assert not torch.allclose(adapter.difference(moving, torch.ones(1, T, 1, 1)), out, atol=1e-3)
+    assert not torch.allclose(adapter.difference(moving, all_valid()), out, atol=1e-3)
+
+
+def test_frame_adapter_convolves_over_time_and_ignores_padding():
+    adapter = FrameAdapter(8)
+    with torch.no_grad():
+        adapter.conv.weight.zero_()
+        adapter.conv.weight[:, 0, 2] = 1.0  # kernel [0, 0, 1]: output t = input t+1
+    frames = torch.randn(1, T, 8)
+    mask = torch.tensor([[True, True, True, False]])
+    out = adapter(frames, mask) - frames
+    expected = adapter.up(adapter.down(frames))
+    assert torch.allclose(out[:, :2], expected[:, 1:3], atol=1e-6)
+    assert torch.allclose(out[:, 2], adapter.up.bias, atol=1e-6)  # its successor is padding: zero
+
+
+@pytest.mark.parametrize("mask", [[True, True, False, False], [True, False, False, False]])
+def test_padded_video_equals_the_video_cut_to_its_real_frames(trained, mask):
+    video = torch.randn(1, T, 3, 32, 32)
+    mask = torch.tensor([mask])
+    real = int(mask.sum())
+    garbage = video.clone()
+    garbage[~mask] = 1e4 * torch.randn(T - real, 3, 32, 32)
+    padded = trained.encode_video(garbage, mask)
+    cut = trained.encode_video(video[:, :real])
+    assert torch.allclose(padded.pooled, cut.pooled, atol=1e-5)
+    assert torch.allclose(padded.frames[:, :real], cut.frames, atol=1e-4)
+
+
+def test_reversing_the_frames_changes_a_trained_adapter(trained, pair):
+    video = torch.randn(2, T, 3, 32, 32)
+    assert not torch.allclose(trained.encode_video(video).pooled, trained.encode_video(video.flip(1)).pooled)
+    untrained = pair[0]  # zero-initialised: plain CLIP + mean pooling, which is order-blind
+    forwards, backwards = untrained.encode_video(video).pooled, untrained.encode_video(video.flip(1)).pooled
+    assert torch.allclose(forwards, backwards, atol=1e-5)
 
 
 def test_only_the_adapters_train_and_gradient_checkpointing_works():
     model = vidclip.create_model("tiny", head="ted_adapter", num_frames=T).train()
     groups = model.parameter_groups()
     assert groups["backbone"] == []
-    assert groups["new"] and all(".adapter." in name for name, _ in groups["new"])
+    names = [name for name, _ in groups["new"]]
+    assert names and all(".adapter." in name or name.startswith("head.frame_adapter.") for name in names)
     model.clip.set_grad_checkpointing(True)
     for adapter in adapters(model):
         torch.nn.init.normal_(adapter.enhance_conv.weight)
+        torch.nn.init.normal_(adapter.diff_conv.weight)
+    torch.nn.init.normal_(model.head.frame_adapter.conv.weight)
     model.encode_video(torch.randn(2, T, 3, 32, 32)).pooled.sum().backward()
     assert all(p.grad is not None for _, p in groups["new"])
+    assert all(p.grad is None for p in model.clip.parameters() if not p.requires_grad)
 
 
 def test_options_are_validated():
@@ -84,5 +142,21 @@ def test_options_are_validated():
         vidclip.create_model("tiny", head="ted_adapter", blocks=[5])
     with pytest.raises(ValueError, match="bottleneck"):
         vidclip.create_model("tiny", head="ted_adapter", bottleneck=0)
-    model = vidclip.create_model("tiny", head="ted_adapter", blocks=[1], bottleneck=16)
-    assert len(adapters(model)) == 1
+    model = vidclip.create_model("tiny", head="ted_adapter", blocks=[1], bottleneck=16, frame_adapter=False)
+    assert len(adapters(model)) == 1 and model.head.frame_adapter is None
+
+
+def test_trainable_parameters_on_vit_b16():
+    with torch.device("meta"):  # counts only: no memory, no init time
+        model = vidclip.create_model("ViT-B-16", head="ted_adapter", num_frames=8, device="meta")
+    block = 2 * (768 * 384 + 384) + 2 * (384 * 768 + 768) + (384 * 3 + 384) + (384 * 9 + 384)
+    frame = (512 * 256 + 256) + (256 * 512 + 512) + (256 * 3 + 256)
+    assert (block, frame) == (1_187_328, 263_936)
+    assert model.num_trainable_parameters() == 12 * block + frame == 14_511_872
+
+
+def test_builds_in_bf16_precision():
+    model = vidclip.create_model("tiny", head="ted_adapter", num_frames=T, precision="bf16")
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.bfloat16}
+    pooled = model.encode_video(torch.randn(2, T, 3, 32, 32, dtype=torch.bfloat16)).pooled
+    assert pooled.dtype == torch.bfloat16 and torch.isfinite(pooled).all()

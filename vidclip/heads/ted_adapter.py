@@ -13,11 +13,14 @@ from vidclip.heads.mean import MeanHead
 class TEDAdapter(InstalledModule):
     """Global temporal Enhancement + local temporal Difference on one block's tokens (B*T, L, C).
 
-    E (all tokens): fc C->bottleneck, depthwise Conv1d over time (kernel 3), fc back.
+    E (all tokens, CLS included): fc C->bottleneck, depthwise Conv1d over time (kernel 3, zero padding), fc back.
     D (patch tokens): Δ_t = x_t - x_{t-1} (0 at t = 0), fc C->bottleneck, depthwise Conv3d (1, 3, 3) over the
-    patch grid, fc back. Output: x + E(x) + [0; D(x)]. Both convolutions and all fc biases start at zero, so
-    the adapter starts as the identity. Padded frames (mask False) are zeroed inside both branches, so they never
-    reach a real frame through the temporal convolution or the difference.
+    patch grid, fc back. No activation anywhere. Output: x + E(x) + [0; D(x)]. Both convolutions and all fc
+    biases start at zero (fc weights keep PyTorch's init), so the adapter starts as the identity.
+
+    Padded frames (mask False) are zeros to the temporal convolution, exactly like the zero padding past a
+    video's ends, and a difference needs two real frames: a padded video gives its real frames the result of
+    the video cut to its real length, whatever its padding holds.
     """
 
     def __init__(self, width: int, bottleneck: int, context: HeadContext) -> None:
@@ -37,7 +40,7 @@ class TEDAdapter(InstalledModule):
         layout = self._context.require_layout(x.shape[0])
         batch, frames = layout.batch_size, layout.num_frames
         tokens, width = x.shape[1:]
-        valid = layout.mask.to(x.dtype).view(batch, frames, 1, 1)  # (B, T, 1, 1)
+        valid = layout.mask.view(batch, frames, 1, 1)  # (B, T, 1, 1) bool
         video = x.view(batch, frames, tokens, width)  # (B, T, L, C)
         difference = F.pad(self.difference(video[:, :, 1:], valid), (0, 0, 1, 0))  # nothing for the CLS token
         return (video + self.enhance(video, valid) + difference).view(batch * frames, tokens, width)
@@ -45,7 +48,7 @@ class TEDAdapter(InstalledModule):
     def enhance(self, video: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, T, L, C) -> (B, T, L, C): a depthwise temporal convolution per token position."""
         batch, frames, tokens, _ = video.shape
-        h = self.enhance_down(video) * valid  # (B, T, L, Cb)
+        h = self.enhance_down(video).masked_fill(~valid, 0.0)  # (B, T, L, Cb); masked_fill drops even NaN
         h = h.permute(0, 2, 3, 1).reshape(batch * tokens, -1, frames)  # (B*L, Cb, T)
         h = self.enhance_conv(h)
         h = h.view(batch, tokens, -1, frames).permute(0, 3, 1, 2)  # (B, T, L, Cb)
@@ -57,11 +60,9 @@ class TEDAdapter(InstalledModule):
         side = int(round(num_patches**0.5))
         if side * side != num_patches:
             raise ValueError(f"ted_adapter needs a square patch grid, got {num_patches} patch tokens")
-        previous = torch.cat([patches[:, :1], patches[:, :-1]], dim=1)  # frame t-1 (frame 0 for t = 0)
-        both_valid = valid * torch.cat(
-            [valid[:, :1], valid[:, :-1]], dim=1
-        )  # a difference needs two real frames
-        h = self.diff_down((patches - previous) * both_valid)  # (B, T, P, Cb)
+        previous = torch.cat([patches[:, :1], patches[:, :-1]], dim=1)  # frame t-1 (frame 0 itself at t = 0)
+        both_valid = valid & torch.cat([valid[:, :1], valid[:, :-1]], dim=1)
+        h = self.diff_down((patches - previous).masked_fill(~both_valid, 0.0))  # (B, T, P, Cb)
         h = h.view(batch, frames, side, side, -1).permute(0, 4, 1, 2, 3)  # (B, Cb, T, H, W)
         h = self.diff_conv(h).permute(0, 2, 3, 4, 1).reshape(batch, frames, num_patches, -1)
         return self.diff_up(h)
@@ -70,13 +71,17 @@ class TEDAdapter(InstalledModule):
 class AdaptedBlock(nn.Module):
     """open_clip's ResidualAttentionBlock with an adapter between its attention and MLP residuals.
 
-    It calls the wrapped block's own modules in the block's order (open_clip 3's pre-LN block with optional
-    layer scale); ``tests/test_head_ted_adapter.py`` checks it equals the plain block when the adapter is off.
+    The adapter's output replaces the residual stream (M2-CLIP's ``adapter_pre_mlp``). It calls the wrapped
+    block's own modules in the block's order (open_clip 3's pre-LN block with optional layer scale);
+    ``tests/test_head_ted_adapter.py`` checks it equals the plain block when the adapter is off.
     """
 
     def __init__(self, block: nn.Module, adapter: TEDAdapter) -> None:
         super().__init__()
         self.block, self.adapter = block, adapter
+
+    def get_weight_dtype(self) -> torch.dtype:  # open_clip's Transformer.get_cast_dtype asks block 0
+        return self.block.get_weight_dtype()
 
     def forward(self, q_x, k_x=None, v_x=None, attn_mask=None):  # open_clip's call signature
         block = self.block
@@ -85,37 +90,66 @@ class AdaptedBlock(nn.Module):
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+class FrameAdapter(nn.Module):
+    """M2-CLIP's temporal adapter on the frame embeddings (its ``t_adapter``): x + fc(Conv1d_t(fc(x))).
+
+    (B, T, D) -> (B, T, D); bottleneck D/2, depthwise kernel 3 over time, no activation, zero-initialised
+    convolution and fc biases (identity at init); padded frames are zeros to the convolution.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.down, self.up = nn.Linear(width, width // 2), nn.Linear(width // 2, width)
+        self.conv = nn.Conv1d(width // 2, width // 2, 3, padding=1, groups=width // 2)
+        for param in (self.conv.weight, self.conv.bias, self.down.bias, self.up.bias):
+            nn.init.zeros_(param)
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.down(frames).masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, T, D/2)
+        h = self.conv(h.transpose(1, 2)).transpose(1, 2)  # convolve over T
+        return frames + self.up(h)
+
+
 @register_head("ted_adapter")
 class TEDAdapterHead(MeanHead):
-    """M2-CLIP's visual TED-Adapter in the open_clip ViT blocks, then meanP over frames.
+    """M2-CLIP's visual TED-Adapter in the open_clip ViT blocks and on the frame embeddings, then meanP.
 
-    In each chosen block one adapter sits before the MLP (as M2-CLIP's ``adapter_pre_mlp``): global temporal
-    enhancement (a depthwise temporal convolution on every token) and local temporal difference (spatially
-    filtered differences of consecutive frames' patch tokens), zero-initialised so the untrained model equals
-    plain CLIP. The image tower sees each call's (B, T) layout through the head's context.
+    In each chosen block one adapter sits before the MLP: global temporal enhancement (a depthwise temporal
+    convolution on every token) and local temporal difference (spatially filtered differences of consecutive
+    frames' patch tokens). After the tower, M2-CLIP's temporal adapter (a depthwise temporal convolution on
+    the projected frame embeddings, always on in its visual branch) and the ``mean`` head's pooling. All start
+    as the identity, so the untrained model equals plain CLIP. Padded frames count as absent: a padded video
+    gives what the video cut to its real frames gives.
 
     Reference: Wang et al., "M2-CLIP: A Multimodal, Multi-task Adapting Framework for Video Action Recognition",
-    AAAI 2024; code: sallymmx/m2clip ``models_adapter.py`` (``Adapter2`` + ``OffsetAdapter``, ViT-B/16
-    ``adapter12x384``). vidclip implements the visual adapters only (M2-CLIP also adapts the text tower and adds
-    a multi-task head).
+    AAAI 2024; code: sallymmx/m2clip ``models_adapter.py`` (``Adapter2`` + ``OffsetAdapter`` per block,
+    ``Adapter1`` as ``t_adapter``; ViT-B/16 ``multimodal_adapter12x384``). M2-CLIP averages the adapted frame
+    embeddings before normalising; vidclip's meanP normalises each frame first. Not included: M2-CLIP's text
+    adapters, its masked-language-model head and its classification fc (multi-task losses).
 
     Options:
-        bottleneck: adapter width (default 384, M2-CLIP's for ViT-B).
+        bottleneck: adapter width in the blocks (default 384, M2-CLIP's for ViT-B; any width works).
         blocks: indices of the ViT blocks that get an adapter (default: all, as ``adapter12x384``).
+        frame_adapter: the temporal adapter on the frame embeddings (default True, as M2-CLIP).
 
-    Text-independent, order-aware, parameter-efficient (CLIP frozen by default): 14.2 M trainable parameters
-    on ViT-B/16 (12 adapters of 1.19 M; M2-CLIP's ~16 M also counts its text adapters).
+    Text-independent, order-aware, parameter-efficient (CLIP frozen by default). Trainable parameters on
+    ViT-B/16: 14,511,872 = 12 block adapters of 1,187,328 + the frame adapter's 263,936. M2-CLIP trains
+    16.1 M on Kinetics-400: these plus its text adapters (0.79 M), MLM head (0.53 M) and class fc (0.31 M).
     """
 
     order_aware = True
     parameter_efficient = True
 
-    def __init__(self, *, bottleneck: int = 384, blocks: list[int] | None = None) -> None:
+    def __init__(
+        self, *, bottleneck: int = 384, blocks: list[int] | None = None, frame_adapter: bool = True
+    ) -> None:
         super().__init__()
         if not isinstance(bottleneck, int) or bottleneck < 1:
             raise ValueError(f"bottleneck must be a positive int, got {bottleneck!r}")
         self.bottleneck = bottleneck
         self.blocks = None if blocks is None else [int(i) for i in blocks]
+        self.use_frame_adapter = bool(frame_adapter)
+        self.frame_adapter: FrameAdapter | None = None  # built by attach, once the embedding width is known
 
     def attach(self, clip: nn.Module, *, num_frames: int) -> None:
         from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
@@ -126,6 +160,8 @@ class TEDAdapterHead(MeanHead):
                 f"ted_adapter needs an open_clip VisionTransformer image tower, got {type(visual).__name__}"
             )
         resblocks = visual.transformer.resblocks
+        # new modules take the dtype of CLIP's weights (open_clip's precision="bf16" casts them)
+        dtype = visual.transformer.get_cast_dtype()
         chosen = range(len(resblocks)) if self.blocks is None else self.blocks
         for index in chosen:
             if not 0 <= index < len(resblocks):
@@ -136,4 +172,13 @@ class TEDAdapterHead(MeanHead):
                     f"ted_adapter supports open_clip ResidualAttentionBlock, got {type(block).__name__}"
                 )
             width = block.ln_1.normalized_shape[0]
-            resblocks[index] = AdaptedBlock(block, TEDAdapter(width, self.bottleneck, self.context))
+            adapter = TEDAdapter(width, self.bottleneck, self.context).to(dtype)
+            resblocks[index] = AdaptedBlock(block, adapter)
+        if self.use_frame_adapter:
+            self.frame_adapter = FrameAdapter(visual.output_dim).to(dtype)
+
+    def pool(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """frames: (B, T, D), mask: (B, T) -> L2-normalised video embeddings (B, D)."""
+        if self.frame_adapter is not None:
+            frames = self.frame_adapter(frames, mask)
+        return super().pool(frames, mask)
