@@ -6,6 +6,7 @@ from vidclip.heads import (
     seq_lstm,  # noqa: F401  (registers "seq_lstm")
     seq_transformer,  # noqa: F401  (registers "seq_transformer")
     ted_adapter,  # noqa: F401  (registers "ted_adapter")
+    vop,  # noqa: F401  (registers "vop")
 )
 from vidclip.heads.base import (
     HEADS,
