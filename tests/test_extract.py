@@ -163,6 +163,71 @@ def test_worker_processes_give_the_same_table(video_dir, checkpoint, tmp_path):
     pd.testing.assert_frame_equal(read_table(tmp_path / "w0"), read_table(tmp_path / "w2"))
 
 
+def test_each_video_belongs_to_exactly_one_process(monkeypatch):
+    for world in (1, 2, 3):
+        shards = [extract.Shard(rank, world) for rank in range(world)]
+        assert all(sum(shard.owns(index) for shard in shards) == 1 for index in range(20))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(extract.ExtractError, match="RANK=2 is not in"):
+        extract.Shard.from_env()
+
+
+def run_two_processes(inputs, out, *options) -> subprocess.CompletedProcess:
+    """``vidclip extract`` under torchrun with 2 processes on the CPU (what ``accelerate launch`` starts too)."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = ["-m", "vidclip", "extract", *map(str, inputs), "--out", str(out), *map(str, options)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(launch + command, capture_output=True, text=True, env=env, timeout=240)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_processes_share_one_output_and_resume_what_one_process_began(video_dir, checkpoint, tmp_path):
+    """One process embeds the first video; two processes then do the rest, each writing its own parts: the
+    table equals a single-process run, with no video embedded twice."""
+    videos = find_videos([str(video_dir)])
+    options = ("--checkpoint", checkpoint, "--batch-size", 2, "--num-workers", 0, "--part-size", 1)
+    assert run_extract(videos, tmp_path / "one", *options) == 0
+    shared = tmp_path / "shared"
+    assert run_extract(videos[:1], shared, *options) == 0
+    result = run_two_processes(videos, shared, *options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("extract"))
+    assert lines == [
+        f"extract (process 0 of 2): 3 videos, 1 ok, 1 failed, 1 skipped (already done) -> {shared}",
+        f"extract (process 1 of 2): 2 videos, 1 ok, 1 failed, 0 skipped (already done) -> {shared}",
+    ]
+    assert len(list(shared.glob("part-*.parquet"))) == len(videos)  # one row per part: none written twice
+    pd.testing.assert_frame_equal(
+        read_table(shared), read_table(tmp_path / "one"), check_exact=False, atol=1e-6
+    )
+
+
+def test_a_decode_past_the_timeout_is_that_videos_row(video_dir, checkpoint, tmp_path, monkeypatch):
+    import time
+
+    real_load_clip = extract.load_clip
+
+    def hang_on_b(path, *args, **kwargs):
+        if str(path).endswith("b.mkv"):
+            time.sleep(60)
+        return real_load_clip(path, *args, **kwargs)
+
+    monkeypatch.setattr(extract, "load_clip", hang_on_b)
+    out, start = tmp_path / "out", time.monotonic()
+    assert (
+        run_extract([video_dir], out, "--checkpoint", checkpoint, "--num-workers", 0, "--timeout", 0.5) == 0
+    )
+    assert time.monotonic() - start < 30
+    table = read_table(out).set_index("video")
+    assert (
+        table.loc[str(video_dir / "b.mkv"), "error"]
+        == "timed out: decoding took longer than 0.5 s (--timeout)"
+    )
+    assert table["embedding"].notna().sum() == 2  # a.mp4 and sub/c.mp4 are unaffected
+
+
 def test_write_part_leaves_nothing_when_writing_fails(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
@@ -218,6 +283,7 @@ def test_refuses_a_text_conditioned_head(video_dir, tmp_path, capsys, text_condi
         ("out_is_a_file", "is a file"),
         ("out_holds_other_files", "not vidclip parts"),
         ("bad_device", "not a torch device"),
+        ("negative_timeout", "--timeout must be 0"),
     ],
 )
 def test_argument_errors_say_what_to_do(case, message, video_dir, checkpoint, tmp_path, capsys):
@@ -233,6 +299,7 @@ def test_argument_errors_say_what_to_do(case, message, video_dir, checkpoint, tm
         "missing_input": ([video, tmp_path / "nope.mp4"], out, *model),
         "no_videos": ([tmp_path], out, *model),
         "bad_device": ([video], out, *model, "--device", "potato"),
+        "negative_timeout": ([video], out, *model, "--timeout", "-1"),
     }.get(case, ([video], out, *model))
     assert run_extract(*args) == 2
     assert message in capsys.readouterr().err

@@ -13,17 +13,24 @@ and renamed, so a crash never leaves a half-written part. Re-running the same co
 rows are keyed by the path as given) skips the videos already in ``--out``, so an interrupted run resumes and
 loses nothing. Every part's schema metadata records the model it was made with, and a run with another model,
 checkpoint or frame sampling refuses to add to that ``--out``: embeddings of two models must not mix.
+
+Several processes (``accelerate launch -m vidclip extract ...`` or ``torchrun``) share the work without talking
+to each other: process ``r`` of ``w`` embeds the videos whose input position is ``r`` modulo ``w`` (on GPU
+``LOCAL_RANK``) and writes its own parts into the same ``--out``. Ownership depends only on the input list, so
+a resumed run, with any number of processes, neither repeats nor misses a video.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,6 +55,7 @@ EPILOG = """examples:
   python -c "import pandas; print(pandas.read_parquet('embeddings/'))"
 
 Run the same command again to resume an interrupted run: videos already in --out are skipped.
+Several GPUs or machines: accelerate launch -m vidclip extract ... (each process writes its share of --out).
 """
 
 
@@ -64,18 +72,47 @@ class Row(NamedTuple):
     error: str | None
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the inputs when a launcher (torchrun, accelerate launch) starts several: the
+    videos whose input position is ``rank`` modulo ``world``; read from the launcher's environment."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        try:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            rank = int(os.environ.get("RANK", "0"))
+            local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+        except ValueError as err:
+            raise ExtractError(f"the launcher's RANK/WORLD_SIZE/LOCAL_RANK are not integers: {err}") from err
+        if not 0 <= rank < world:
+            raise ExtractError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
+        return cls(rank, world, local_rank)
+
+    def owns(self, index: int) -> bool:
+        return index % self.world == self.rank
+
+    def __str__(self) -> str:
+        return f" (process {self.rank} of {self.world})" if self.world > 1 else ""
+
+
 @dataclass
 class Summary:
-    """What one run did, for the closing line."""
+    """What one run (one process's share, under a launcher) did, for the closing line."""
 
     total: int
     skipped: int
     ok: int = 0
     failed: int = 0
+    shard: Shard = Shard()
 
     def line(self, out: str) -> str:
         return (
-            f"extract: {self.total} videos, {self.ok} ok, {self.failed} failed, "
+            f"extract{self.shard}: {self.total} videos, {self.ok} ok, {self.failed} failed, "
             f"{self.skipped} skipped (already done) -> {out}"
         )
 
@@ -130,6 +167,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--decoder", choices=["auto", *sorted(DECODERS)], default="auto", help="video decoder (default: auto)"
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up on a video whose decoding takes longer: it gets a row with the reason (default 600; 0: "
+        "no limit)",
+    )
     return parser.parse_args(argv)
 
 
@@ -151,13 +196,15 @@ def main(argv: list[str] | None = None) -> int:
 def extract(args: argparse.Namespace) -> Summary:
     """Validate, load the model, skip what ``--out`` already holds, embed the rest part by part."""
     check_model_args(args)
+    shard = Shard.from_env()
     videos = collect_inputs(args.inputs)
     check_output_dir(args.out)
-    device = get_device(args.device)
+    device = get_device(args.device, shard)
     model, metadata = load_model(args, device)
     done = read_done(args.out, metadata["identity"])
-    pending = [(index, video) for index, video in enumerate(videos) if video not in done]
-    summary = Summary(total=len(videos), skipped=len(videos) - len(pending))
+    mine = [(index, video) for index, video in enumerate(videos) if shard.owns(index)]
+    pending = [(index, video) for index, video in mine if video not in done]
+    summary = Summary(total=len(mine), skipped=len(mine) - len(pending), shard=shard)
     if pending:
         args.out.mkdir(parents=True, exist_ok=True)
         loader = create_loader(model, pending, args, device)
@@ -180,6 +227,8 @@ def check_model_args(args: argparse.Namespace) -> None:
         )
     if args.num_workers < 0:
         raise ExtractError(f"--num-workers must be 0 or more, got {args.num_workers}")
+    if args.timeout < 0:
+        raise ExtractError(f"--timeout must be 0 (no limit) or more seconds, got {args.timeout}")
     if not args.checkpoint:
         args.head = args.head or "mean"
         args.num_frames = args.num_frames or 12
@@ -216,16 +265,19 @@ def check_output_dir(out: Path) -> None:
         )
 
 
-def get_device(name: str | None) -> torch.device:
-    """``--device`` checked before the model is built on it (default: cuda where available)."""
+def get_device(name: str | None, shard: Shard = Shard()) -> torch.device:
+    """``--device`` checked before the model is built on it (default: cuda where available); under a
+    launcher, ``cuda`` without an index means this process's GPU (``LOCAL_RANK``)."""
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as err:
         raise ExtractError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ExtractError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", shard.local_rank % torch.cuda.device_count())
     return device
 
 
@@ -312,9 +364,16 @@ class ExtractDataset(Dataset):
     """
 
     def __init__(
-        self, pending: list[tuple[int, str]], *, num_frames: int, sampling: str, decoder: str, transform: Any
+        self,
+        pending: list[tuple[int, str]],
+        *,
+        num_frames: int,
+        sampling: str,
+        decoder: str,
+        transform: Any,
+        timeout: float = 0.0,
     ) -> None:
-        self.pending, self.transform = pending, transform
+        self.pending, self.transform, self.timeout = pending, transform, timeout
         self.num_frames, self.sampling, self.decoder = num_frames, sampling, decoder
 
     def __len__(self) -> int:
@@ -324,11 +383,41 @@ class ExtractDataset(Dataset):
         index, path = self.pending[i]
         item = {"index": index, "video": path, "frames": None, "mask": None, "error": None}
         try:
-            clip = load_clip(path, self.num_frames, self.sampling, decoder=self.decoder)
+            with time_limit(self.timeout):
+                clip = load_clip(path, self.num_frames, self.sampling, decoder=self.decoder)
             item["frames"], item["mask"] = self.transform(clip.frames), clip.mask  # (T, 3, S, S), (T,)
+        except DecodeTimeout:
+            item["error"] = f"timed out: decoding took longer than {self.timeout:g} s (--timeout)"
         except Exception as err:  # a video's failure is data: it becomes that video's row
             item["error"] = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
         return item
+
+
+class DecodeTimeout(Exception):
+    """Raised inside a decode that ran past ``--timeout``."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise DecodeTimeout in the block after ``seconds`` (0: no limit), by SIGALRM: a worker's decode runs in its
+    main thread. The signal is handled between Python steps, e.g. between the frames PyAV decodes; a single
+    blocking C call (a decord batch) is interrupted only when it returns."""
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise DecodeTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -356,6 +445,7 @@ def create_loader(
         sampling=args.sampling,
         decoder=args.decoder,
         transform=get_video_transform(model, train=False),
+        timeout=args.timeout,
     )
     return DataLoader(
         dataset,
@@ -391,7 +481,12 @@ def embed_all(
     from tqdm import tqdm
 
     progress = tqdm(
-        total=summary.total, initial=summary.skipped, unit="video", desc="extract", file=sys.stderr
+        total=summary.total,
+        initial=summary.skipped,
+        unit="video",
+        desc=f"extract{summary.shard}",
+        file=sys.stderr,
+        disable=summary.shard.rank != 0,  # one bar, not one per process
     )
     try:
         for batch in loader:
