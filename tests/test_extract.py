@@ -87,7 +87,7 @@ def test_list_file_paths_are_relative_to_the_list(video_dir, checkpoint, tmp_pat
     expected = [os.path.join(str(video_dir), name) for name in ("a.mp4", "sub/c.mp4", "missing.mp4")]
     assert table["video"].tolist() == expected  # once each, in list order
     assert table["error"].isna().tolist() == [True, True, False]
-    assert "no such video file" in table["error"].iloc[2]
+    assert table["error"].iloc[2] == "no such file"
 
 
 def test_find_videos_searches_folders_recursively_and_skips_hidden_files(tmp_path):

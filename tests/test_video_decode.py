@@ -7,6 +7,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from bad_corpus import write_audio_only
 from dataset_fixtures import caption_videos
 
 import vidclip
@@ -143,16 +144,6 @@ def write_faststart_mp4(path, frames):
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-        container.mux(stream.encode())
-
-
-def write_audio_only(path):
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for i in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            container.mux(stream.encode(frame))
         container.mux(stream.encode())
 
 

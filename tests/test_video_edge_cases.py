@@ -1,28 +1,11 @@
 """Unusual but valid videos decode exactly: one frame, 4K, odd paths, variable frame rate."""
 
-from fractions import Fraction
-
-import av
 import numpy as np
 import pytest
+from bad_corpus import write_rotated, write_variable_frame_rate
 
 import vidclip
 from vidclip.synthetic import decode_all_frames, index_frames, read_frame_index, write_video
-
-
-def write_variable_frame_rate(path, frames, gaps):
-    """H.264 in MP4 whose frame i lasts gaps[i] ticks of 1/1000 s (a phone-style variable frame rate)."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.codec_context.time_base = Fraction(1, 1000)
-        pts = 0
-        for array, gap in zip(frames, gaps, strict=True):
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-            frame.pts, frame.time_base = pts, Fraction(1, 1000)
-            container.mux(stream.encode(frame))
-            pts += gap
-        container.mux(stream.encode())
 
 
 @pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
@@ -61,17 +44,6 @@ def test_variable_frame_rate_frames_are_counted_not_timed(tmp_path):
         assert clip.num_total_frames == len(gaps)
         assert np.array_equal(clip.frames.numpy(), reference[clip.indices.numpy()])
         assert [read_frame_index(f) for f in clip.frames.numpy()] == clip.indices.tolist()
-
-
-def write_rotated(path, frames, degrees):
-    """H.264 in MP4 with a display matrix: a player shows the frames turned ``degrees`` counter-clockwise."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.set_display_rotation(degrees)
-        for array in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-        container.mux(stream.encode())
 
 
 @pytest.mark.parametrize(("degrees", "white_edge"), [(90, "left"), (-90, "right"), (180, "bottom")])

@@ -388,6 +388,8 @@ class ExtractDataset(Dataset):
             item["frames"], item["mask"] = self.transform(clip.frames), clip.mask  # (T, 3, S, S), (T,)
         except DecodeTimeout:
             item["error"] = f"timed out: decoding took longer than {self.timeout:g} s (--timeout)"
+        except FileNotFoundError:  # listed but absent: the row already names the path
+            item["error"] = "no such file"
         except Exception as err:  # a video's failure is data: it becomes that video's row
             item["error"] = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
         return item
