@@ -1,12 +1,17 @@
 """The vidclip entry point: help, version, dispatch and plain refusals for commands not built yet."""
 
+import importlib
 import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from vidclip import cli
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_help_lists_every_command(capsys):
@@ -29,6 +34,33 @@ def test_every_command_has_help_with_an_example(capsys):
         assert "example" in capsys.readouterr().out.lower(), f"vidclip {name} --help shows no example"
 
 
+def example_commands(name, capsys):
+    """The ``vidclip ...`` command lines of ``vidclip NAME --help``'s examples, as argv lists after the name."""
+    with pytest.raises(SystemExit):
+        cli.main([name, "--help"])
+    help_text = capsys.readouterr().out
+    commands = []
+    for line in help_text.split("example", 1)[1].splitlines():
+        if not line.startswith("  ") or f"vidclip {name}" not in line:  # prose mentions are not examples
+            continue
+        words = shlex.split(line.split("  #")[0])
+        commands.append(words[words.index("vidclip") + 2 :])
+    return commands
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_help_examples_parse_and_name_config_files_that_exist(name, capsys):
+    commands = example_commands(name, capsys)
+    assert commands, f"vidclip {name} --help has no runnable example"
+    main = importlib.import_module(cli.COMMANDS[name][0]).main
+    parse_args = importlib.import_module(main.__module__).parse_args  # the module that defines main
+    for argv in commands:
+        parse_args(argv)  # a typo in an example's flags would exit here
+        for word in argv:
+            if word.startswith("configs/"):
+                assert (REPO / word).is_file(), f"vidclip {name} --help names {word}, which does not exist"
+
+
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run(
         [sys.executable, "-m", "vidclip", "--version"], capture_output=True, text=True, check=True
@@ -46,7 +78,10 @@ def test_demo_trains_from_chance_to_far_above_it(capsys, tmp_path):
     assert (tmp_path / "run" / "model.safetensors").exists()
 
 
-def test_import_vidclip_loads_no_decoder_or_trainer():
-    code = "import sys, vidclip; bad = {'decord', 'av', 'accelerate'} & set(sys.modules); print(sorted(bad))"
+def test_import_vidclip_loads_no_decoder_trainer_or_plotting():
+    code = (
+        "import sys, vidclip, vidclip.viz; "
+        "bad = {'decord', 'av', 'accelerate', 'matplotlib'} & set(sys.modules); print(sorted(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

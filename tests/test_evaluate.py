@@ -5,6 +5,7 @@ classifies, through ``vidclip zeroshot``) held-out generated videos far above ch
 import json
 import logging
 import shutil
+import sys
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from dataset_fixtures import COMBOS, broken_video, caption_videos, colour_of, sh
 import vidclip
 import vidclip.data.msrvtt  # noqa: F401  (registers "msrvtt")
 from vidclip import evaluate as evaluate_module
+from vidclip import inference
 from vidclip import zeroshot as zeroshot_module
 from vidclip.config import DataConfig
 from vidclip.data import read_annotations
@@ -213,3 +215,112 @@ def test_fine_tuned_model_labels_held_out_videos_zero_shot_far_above_chance(trai
     assert len(preds) == 32 and preds["error"].isna().all()
     accuracy = (preds["label"] == preds["video"].map(colour_of)).mean()
     assert accuracy >= 0.75  # chance 0.25
+
+
+# -- --plot, and the errors a user meets first --------------------------------------------------------------
+def test_plot_writes_recall_curves_and_the_best_and_worst_queries_with_their_videos(msrvtt, tmp_path, capsys):
+    from test_viz import check_png, has_colour
+
+    files, root = msrvtt
+    config = write_config(tmp_path / "eval.yaml", files, root)
+    plots = tmp_path / "plots"
+    args = ["--config", config, "--model", "tiny", "--num-frames", "4", "--num-workers", "0"]
+    assert evaluate_module.main([*args, "--plot", str(plots), "--output", str(tmp_path / "m.json")]) == 0
+    assert sorted(p.name for p in plots.iterdir()) == ["queries.png", "recall_at_k.png"]
+    check_png(plots / "recall_at_k.png", min_size=(500, 300))
+    queries = check_png(plots / "queries.png", min_size=(1000, 500))
+    # the six decodable videos are red and green shapes: their frames are drawn in the query rows
+    assert has_colour(queries, (220, 40, 40), tolerance=30, min_pixels=300)
+    assert has_colour(queries, (40, 180, 60), tolerance=30, min_pixels=300)
+    assert f"wrote {plots / 'recall_at_k.png'}, {plots / 'queries.png'}" in capsys.readouterr().out
+
+
+def test_write_plots_decodes_only_the_videos_the_query_grid_shows(monkeypatch, tmp_path):
+    import vidclip.video
+
+    num = 60  # 6 rows of 5 show at most 36 of them
+    torch.manual_seed(0)
+    scores = evaluate_module.RetrievalScores(
+        similarity=torch.rand(num, num) + torch.eye(num),
+        text_to_video=torch.arange(num),
+        captions=[f"caption {i}" for i in range(num)],
+        videos=[f"video{i}.mp4" for i in range(num)],
+        paths=[f"/data/video{i}.mp4" for i in range(num)],
+        logit_scale=100.0,
+        counts={},
+    )
+    decoded = []
+
+    def fake_load_video(path, num_frames, sampling, **options):
+        decoded.append((path, num_frames, sampling))
+        return torch.full((num_frames, 8, 8, 3), 200, dtype=torch.uint8)
+
+    monkeypatch.setattr(vidclip.video, "load_video", fake_load_video)
+    evaluate_module.write_plots(scores, tmp_path, num_frames=3, sampling="tail")
+    paths = [path for path, _, _ in decoded]
+    assert len(paths) == len(set(paths)) < num and {(n, s) for _, n, s in decoded} == {(3, "tail")}
+
+
+def test_plot_without_matplotlib_fails_before_any_work(msrvtt, tmp_path, capsys, monkeypatch):
+    from vidclip import viz
+
+    files, root = msrvtt
+    config = write_config(tmp_path / "eval.yaml", files, root)
+    viz._figure_class.cache_clear()
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setattr(evaluate_module, "score_retrieval", lambda *a, **k: pytest.fail("evaluated anyway"))
+    try:
+        assert evaluate_module.main(["--config", config, "--model", "tiny", "--plot", str(tmp_path)]) == 2
+    finally:
+        viz._figure_class.cache_clear()
+    assert 'pip install "vidclip[viz]"' in capsys.readouterr().err
+
+
+def fake_gpu(monkeypatch, native, emulated):
+    """CUDA visible, a GPU named "Tesla T4" with (or without) native and emulated bf16."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: emulated if including_emulation else native,
+    )
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_with_what_to_use_instead(msrvtt, tmp_path, capsys, monkeypatch):
+    files, root = msrvtt
+    config = write_config(tmp_path / "eval.yaml", files, root)
+    fake_gpu(monkeypatch, native=False, emulated=False)
+    args = ["--config", config, "--model", "tiny", "--device", "cuda", "--precision", "bf16"]
+    assert evaluate_module.main(args) == 2
+    err = capsys.readouterr().err
+    assert "bf16 needs a GPU with bfloat16 support" in err and "Tesla T4" in err
+    assert "--precision fp16 (or fp32)" in err
+    for precision in ("fp16", "fp32"):  # what the message suggests passes the check
+        inference.check_precision(precision, torch.device("cuda"))
+    inference.check_precision("bf16", torch.device("cpu"))  # CPU autocast has bf16
+
+
+def test_bf16_only_emulated_warns_that_fp16_is_faster(monkeypatch, caplog):
+    fake_gpu(monkeypatch, native=False, emulated=True)
+    with caplog.at_level(logging.WARNING, logger="vidclip"):
+        inference.check_precision("bf16", torch.device("cuda:0"), fix="train.precision=fp16")
+    assert "Tesla T4 emulates bf16" in caplog.text and "train.precision=fp16 is faster" in caplog.text
+    fake_gpu(monkeypatch, native=True, emulated=True)
+    caplog.clear()
+    inference.check_precision("bf16", torch.device("cuda"))
+    assert not caplog.text
+
+
+def test_a_misspelt_data_format_lists_the_registered_ones_and_suggests_the_closest(msrvtt, tmp_path, capsys):
+    from vidclip.config import ConfigError, load_config
+
+    files, root = msrvtt
+    config = write_config(tmp_path / "eval.yaml", files, root)
+    assert evaluate_module.main(["--config", config, "data.format=MSR-VTT", "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "data.format: unknown format 'MSR-VTT' (did you mean 'msrvtt'?)" in err
+    assert "registered formats: csv, didemo, folders, hmdb51, kinetics, msrvtt, ucf101" in err
+    with pytest.raises(ConfigError) as raised:
+        load_config([], ["data.format=webdataset"])  # nothing close: the list, no guess
+    assert "did you mean" not in str(raised.value) and "kinetics" in str(raised.value)

@@ -420,3 +420,14 @@ def test_trackers_are_optional(caplog):
     if not is_wandb_available():
         with pytest.raises(ConfigError, match="pip install wandb"):
             command.available_tracker("wandb")
+
+
+def test_bf16_on_a_gpu_without_it_stops_before_training_with_what_to_use(data, config_file, tmp_path, capsys,
+                                                                          monkeypatch):  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert run_train(config_file, base_args(data, tmp_path / "run", "train.precision=bf16")) == 2
+    err = capsys.readouterr().err
+    assert "Tesla V100" in err and "train.precision=fp16" in err
+    assert not (tmp_path / "run" / "model.safetensors").exists()

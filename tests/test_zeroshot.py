@@ -3,6 +3,7 @@ row), and dataset mode on UCF101 (three official splits, mean ± std) and Kineti
 
 import json
 import math
+import sys
 
 import pandas as pd
 import pytest
@@ -166,3 +167,73 @@ def test_dataset_mode_on_a_kinetics_csv_with_overrides(tmp_path, clips):
     metrics = json.loads(out.read_text())
     assert metrics["num_videos"] == 3 and metrics["num_missing"] == 0 and metrics["top5"] == 100.0
     assert zeroshot_module.main(["--config", str(config), "clip.mp4", "--model", "tiny"]) == 2
+
+
+# -- --show: contact sheets, and the errors a user meets first ---------------------------------------------
+def test_show_draws_every_video_with_its_top_3_labels_and_the_broken_ones_error(clips, tmp_path, monkeypatch):
+    from test_viz import check_png, has_colour
+
+    from vidclip import viz
+
+    drawn = []
+    real_sheet = viz.contact_sheet
+    monkeypatch.setattr(viz, "contact_sheet", lambda *a, **k: drawn.append(a) or real_sheet(*a, **k))
+    out = tmp_path / "sheets"
+    args = [str(clips), "--labels", "red,green,blue,yellow", "--model", "tiny", "--num-frames", "4"]
+    assert zeroshot_module.main([*args, "--num-workers", "0", "--show", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet_001.png"]
+    (videos, names, top_labels), *more = drawn
+    assert not more and names == [str(p) for p in sorted(clips.iterdir())]
+    assert all(tuple(v.shape) == (4, 64, 64, 3) for v in videos[:3]) and "truncated" in videos[3]
+    assert [len(labels) for labels in top_labels] == [3, 3, 3, 0]
+    assert all(labels[0][1] >= labels[1][1] >= labels[2][1] for labels in top_labels[:3])
+    image = check_png(out / "contact_sheet_001.png", min_size=(800, 300))
+    # the clips' red shapes, as lossy H.264 gives them back
+    assert has_colour(image, (220, 40, 40), tolerance=30, min_pixels=500)
+
+
+def test_contact_sheets_hold_16_videos_each_by_default_and_paginate(clips, tmp_path):
+    good = [str(p) for p in sorted(clips.glob("*.mp4")) if "broken" not in p.name]
+    table = pd.DataFrame(
+        [{"video": good[i % 3], "label": "red", "score": 0.7, "error": None} for i in range(17)]
+    )
+    written = zeroshot_module.write_contact_sheets(table, tmp_path / "all", num_frames=2)
+    assert [p.name for p in written] == ["contact_sheet_001.png", "contact_sheet_002.png"]
+    written = zeroshot_module.write_contact_sheets(
+        table.iloc[:5], tmp_path / "few", num_frames=2, per_sheet=2
+    )
+    assert len(written) == 3 and all(p.exists() for p in written)
+
+
+def test_show_is_refused_in_dataset_mode_and_without_matplotlib(ucf101, clips, capsys, monkeypatch):
+    assert zeroshot_module.main(["--config", str(ucf101), "--show", "sheets"]) == 2
+    assert "--show draws the videos of files mode" in capsys.readouterr().err
+    from vidclip import viz
+
+    viz._figure_class.cache_clear()
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    try:
+        assert zeroshot_module.main([str(clips), "--labels", "a,b", "--model", "tiny", "--show", "s"]) == 2
+    finally:
+        viz._figure_class.cache_clear()
+    assert 'pip install "vidclip[viz]"' in capsys.readouterr().err
+
+
+def test_a_pretrained_tag_that_needs_a_download_while_offline_says_what_to_do(clips, capsys, monkeypatch):
+    import open_clip.pretrained
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(*args, **kwargs):  # what huggingface_hub raises with HF_HUB_OFFLINE=1 and nothing cached
+        raise LocalEntryNotFoundError(
+            "Cannot find the requested files in the disk cache and outgoing traffic has been disabled."
+        )
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", offline)
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_url", offline)
+    args = [str(clips), "--labels", "a,b", "--model", "ViT-B-32", "--pretrained", "openai"]
+    assert zeroshot_module.main(args) == 2
+    err = capsys.readouterr().err
+    assert "'openai' of model 'ViT-B-32'" in err and "HF_HUB_OFFLINE=1" in err
+    assert "once where the hub is reachable" in err and "--pretrained /path/to/weights" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

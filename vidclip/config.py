@@ -10,6 +10,7 @@ No Hydra: it would take over ``main``, argv and the output folder.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -175,11 +176,24 @@ def validate_config(config: Config) -> None:
             f"train.batch_size ({train.batch_size}) must be a multiple of train.grad_accumulation "
             f"({train.grad_accumulation}): each accumulation step takes an equal share of the batch"
         )
+    check_data_format(data.format)
     if config.task == "classification" and not data.templates:
         raise ConfigError("data.templates must hold at least one prompt template for classification")
     for template in data.templates:
         if "{}" not in template:
             raise ConfigError(f"data.templates: {template!r} has no '{{}}' for the class name")
+
+
+def check_data_format(name: str) -> None:
+    """``data.format`` must name a registered reader; a typo gets the closest name and the full list."""
+    from vidclip.data import list_formats  # here: vidclip.data imports this module
+
+    formats = list_formats()
+    if name in formats:
+        return
+    close = difflib.get_close_matches(name.lower(), formats, n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"data.format: unknown format {name!r}{hint}; registered formats: {', '.join(formats)}")
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

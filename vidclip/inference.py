@@ -26,6 +26,7 @@ from vidclip.model import VideoCLIP, VideoFeatures
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+logger = logging.getLogger("vidclip.inference")
 
 
 @dataclass
@@ -47,6 +48,38 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def check_precision(precision: str, device: torch.device, fix: str = "--precision fp16 (or fp32)") -> None:
+    """Refuse bf16 on a CUDA GPU without bfloat16 (before any work), naming ``fix``; warn where it is only
+    emulated (pre-Ampere GPUs under recent PyTorch: it runs, several times slower than fp16)."""
+    if precision != "bf16" or torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return
+    if _bf16_supported(including_emulation=False):
+        return
+    name = _gpu_name(device)
+    if _bf16_supported(including_emulation=True):
+        logger.warning(f"{name} emulates bf16 (no native support): {fix} is faster")
+        return
+    raise ValueError(
+        f"precision bf16 needs a GPU with bfloat16 support (Ampere or newer); {name} has none: use {fix}"
+    )
+
+
+def _bf16_supported(including_emulation: bool) -> bool:
+    """torch.cuda.is_bf16_supported, on PyTorch versions with and without its ``including_emulation``."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=including_emulation))
+    except TypeError:  # PyTorch < 2.3 knows no emulation
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def _gpu_name(device: torch.device) -> str:
+    """The GPU's name for messages ("this GPU" when the driver cannot say)."""
+    try:
+        return torch.cuda.get_device_name(device)
+    except (AssertionError, RuntimeError):
+        return "this GPU"
 
 
 @contextlib.contextmanager

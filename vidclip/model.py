@@ -258,19 +258,38 @@ def build_model(
                 force_quick_gelu=bool(spec.quick_gelu),
                 force_preprocess_cfg=spec.preprocess_cfg or None,
             )
-    except RuntimeError as err:
+    except (
+        RuntimeError,
+        OSError,
+    ) as err:  # open_clip 3 wraps download failures in RuntimeError, 2.x does not
         if pretrained and any(
-            word in str(err).lower() for word in ("download", "connect", "resolve", "offline")
+            word in str(err).lower() for word in ("download", "connect", "resolve", "offline", "cache")
         ):
-            raise RuntimeError(
-                f"could not fetch pretrained weights {pretrained!r} for {spec.model_name!r} (offline?). Download "
-                "them once where the hub is reachable, or pass a local weights file as pretrained=PATH"
-            ) from err
+            raise WeightsDownloadError(_download_advice(spec.model_name, pretrained)) from err
         raise
     # Record what the pretrained tag implied, so a checkpoint rebuilds the same network without downloading.
     spec.quick_gelu = any(type(m).__name__ == "QuickGELU" for m in clip.modules())
     spec.preprocess_cfg = _plain(getattr(clip.visual, "preprocess_cfg", {}))
     return VideoCLIP(clip, head, spec).to(device)
+
+
+class WeightsDownloadError(RuntimeError):
+    """Pretrained weights that had to be downloaded could not be (offline, or the hub unreachable)."""
+
+
+def _download_advice(model_name: str, pretrained: str) -> str:
+    """What failed and the two ways out: download once online, or point at a local weights file."""
+    offline = (
+        " (HF_HUB_OFFLINE=1 is set)"
+        if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+        else ""
+    )
+    return (
+        f"could not download the pretrained weights {pretrained!r} of model {model_name!r}: no network or hub "
+        f"access{offline}. Run once where the hub is reachable (open_clip caches the weights for later offline "
+        "runs), or pass a local weights file: --pretrained /path/to/weights.bin on the command line, "
+        "pretrained='/path/to/weights.bin' in create_model or model.pretrained in a config"
+    )
 
 
 @contextlib.contextmanager

@@ -8,7 +8,8 @@ against the video's frames like any caption.
 
 Files mode writes one row per video: ``video`` (the path as given), ``label`` and ``score`` (softmax
 probability over the labels) of the best label, then ``label_2``, ``score_2`` ... up to ``--top-k``, and
-``error`` (empty, or why the video could not be decoded: its row has no label).
+``error`` (empty, or why the video could not be decoded: its row has no label). ``--show DIR`` also draws them:
+contact sheets of 16 videos, each with its frames and top-3 labels (:mod:`vidclip.viz`).
 
 Dataset mode (``--config`` with a classification ``data`` section) reports top-1 / top-5 accuracy in percent.
 ``--split-ids 1 2 3`` runs the official splits of UCF101 / HMDB51 (``data.options.split_id``) and reports each
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,6 +35,7 @@ from vidclip.inference import (
     EncodedVideos,
     Precision,
     caption_tokenizer,
+    check_precision,
     encode_texts,
     encode_videos,
     resolve_device,
@@ -39,6 +43,7 @@ from vidclip.inference import (
 from vidclip.losses import class_embeddings
 from vidclip.model import VideoCLIP, VideoFeatures
 from vidclip.templates import TEMPLATE_SETS, build_prompts, get_templates
+from vidclip.viz import require_plotting
 
 logger = logging.getLogger("vidclip.zeroshot")
 LOGIT_SCALE = 100.0  # CLIP's zero-shot logits: 100 x cosine similarity
@@ -167,11 +172,15 @@ def summarize_splits(per_split: dict[int, dict[str, float]]) -> dict[str, float]
 # -- command line ---------------------------------------------------------------------------------------------
 EPILOG = """examples:
   vidclip zeroshot clips/ --labels "cooking,dancing,surfing" --model ViT-B-32 --pretrained openai
+  vidclip zeroshot clips/ --labels "cooking,dancing,surfing" --model ViT-B-32 --pretrained openai --show sheets/
   vidclip zeroshot a.mp4 b.mp4 --labels-file labels.txt --checkpoint runs/k400 --templates kinetics --output preds.csv
   vidclip zeroshot --config configs/recognition/ucf101_zeroshot.yaml --split-ids 1 2 3 --output ucf101.json
   vidclip zeroshot --config configs/recognition/hmdb51_zeroshot.yaml --checkpoint runs/k400-vifi --split-ids 1 2 3
 
 templates: a named set (vifi, video, kinetics, ucf101) or sentences with one {} for the label.
+--show DIR (files mode) writes contact sheets DIR/contact_sheet_001.png, ... of 16 videos each: every video's
+frames, its name and its top-3 labels with their scores; a video that could not be decoded shows why.
+It needs matplotlib: pip install "vidclip[viz]".
 """
 
 
@@ -199,6 +208,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--split", choices=["train", "val", "test"], default="test", help="dataset mode split"
     )
     parser.add_argument("--split-ids", type=int, nargs="+", help="dataset mode: official splits, e.g. 1 2 3")
+    parser.add_argument(
+        "--show", metavar="DIR", help="files mode: write contact sheets (frames + top-3 labels) into DIR"
+    )
     add_model_arguments(parser)
     return parser.parse_args(argv)
 
@@ -223,7 +235,10 @@ def run_files(args: argparse.Namespace) -> int:
     paths = find_videos(args.inputs)
     if not paths:
         raise ValueError(f"no video files found in {args.inputs}")
+    if args.show:
+        require_plotting("--show")
     device = resolve_device(args.device)
+    check_precision(args.precision, device)
     model = load_model(args, None, device)
     table = classify_videos(
         model,
@@ -244,7 +259,52 @@ def run_files(args: argparse.Namespace) -> int:
         print(f"wrote {len(table)} rows to {args.output} ({failed} videos could not be decoded)")
     else:
         print(table[["video", "label", "score", "error"]].to_string(index=False))
+    if args.show:
+        sheets = write_contact_sheets(table, args.show, num_frames=args.num_frames or model.num_frames)
+        print(f"wrote {len(sheets)} contact sheet{'s' if len(sheets) > 1 else ''} to {args.show}")
     return 0
+
+
+def write_contact_sheets(
+    table: pd.DataFrame,
+    folder: str | os.PathLike,
+    *,
+    num_frames: int = 8,
+    per_sheet: int = 16,
+    decoder: str = "auto",
+) -> list[Path]:
+    """PNG contact sheets of a prediction table, ``per_sheet`` videos each (``contact_sheet_001.png``...): each
+    video's frames (at most 8, uniform), its path and its top-3 labels; a failed video shows its error."""
+    from vidclip import viz
+
+    rows = table.to_dict("records")
+    written = []
+    for page, start in enumerate(range(0, len(rows), per_sheet), start=1):
+        chunk = rows[start : start + per_sheet]
+        videos = [_sheet_frames(row, min(num_frames, 8), decoder) for row in chunk]
+        figure = viz.contact_sheet(
+            videos, [row["video"] for row in chunk], [_top_labels(row) for row in chunk]
+        )
+        written.append(viz.save_figure(figure, Path(folder) / f"contact_sheet_{page:03d}.png"))
+    return written
+
+
+def _sheet_frames(row: dict, num_frames: int, decoder: str) -> torch.Tensor | str:
+    """The video's uniformly sampled frames, or why there are none (its classification error, or a new one)."""
+    from vidclip.video import VideoDecodeError, load_video
+
+    if not pd.isna(row["error"]):
+        return str(row["error"])
+    try:
+        return load_video(row["video"], num_frames, "uniform", decoder=decoder)
+    except VideoDecodeError as err:
+        return str(err)
+
+
+def _top_labels(row: dict, k: int = 3) -> list[tuple[str, float]]:
+    """The row's first ``k`` (label, score) pairs (fewer when ``--top-k`` was smaller; none for a failure)."""
+    columns = [("label", "score")] + [(f"label_{rank}", f"score_{rank}") for rank in range(2, k + 1)]
+    return [(row[label], float(row[score])) for label, score in columns if isinstance(row.get(label), str)]
 
 
 def run_dataset(args: argparse.Namespace) -> int:
@@ -257,8 +317,14 @@ def run_dataset(args: argparse.Namespace) -> int:
     bad = [item for item in args.inputs if "=" not in item]
     if bad:
         raise ValueError(f"with --config, positional arguments are overrides key.sub=value; got {bad[:3]}")
+    if args.show:
+        raise ValueError(
+            "--show draws the videos of files mode (vidclip zeroshot VIDEOS --labels ...); "
+            "in dataset mode (--config) use --output for the metrics"
+        )
     config = load_config(args.config, args.inputs)
     device = resolve_device(args.device)
+    check_precision(args.precision, device)
     model = load_model(args, config.model, device)
     options = dict(
         templates=get_templates(args.templates or config.data.templates),
@@ -304,11 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     from vidclip.config import ConfigError
     from vidclip.data import AnnotationError
     from vidclip.inference import setup_logging
+    from vidclip.model import WeightsDownloadError
 
     args = parse_args(argv)
     setup_logging()
     try:
         return run_dataset(args) if args.config else run_files(args)
-    except (ConfigError, AnnotationError, ValueError, FileNotFoundError) as err:
+    except (
+        ConfigError,
+        AnnotationError,
+        ValueError,
+        FileNotFoundError,
+        WeightsDownloadError,
+    ) as err:
         print(f"vidclip zeroshot: {err}", file=sys.stderr)
         return 2

@@ -13,7 +13,8 @@ import torch
 
 from vidclip.checkpoint import WEIGHTS_NAME, save_checkpoint, step_checkpoint_dir
 from vidclip.config import Config, ConfigError, config_to_dict, flatten, load_config
-from vidclip.model import VideoCLIP, create_model
+from vidclip.inference import check_precision
+from vidclip.model import VideoCLIP, WeightsDownloadError, create_model
 from vidclip.optim import configure_logit_scale, create_optimizer, create_scheduler
 from vidclip.train.evaluation import evaluate, log_metrics
 from vidclip.train.loop import StopSignal, fit
@@ -34,6 +35,7 @@ EPILOG = """examples:
   vidclip train --config configs/demo.yaml
   vidclip train --config configs/retrieval/msrvtt_seqtransf.yaml train.lr=5e-5 output_dir=runs/lr5e-5
   vidclip train --config configs/demo.yaml --resume          # continue from the latest checkpoint
+  vidclip train --config configs/retrieval/msrvtt_meanp.yaml train.precision=fp16   # GPUs without bf16 (V100, T4)
   accelerate launch --multi_gpu --num_processes 8 -m vidclip train --config configs/retrieval/msrvtt_meanp.yaml
   torchrun --nproc_per_node 8 -m vidclip train --config configs/retrieval/msrvtt_meanp.yaml
 """
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("vidclip").setLevel(logging.INFO)
     try:
         return train(load_config(args.config, args.overrides), resume=args.resume)
-    except (ConfigError, AnnotationError) as err:
+    except (ConfigError, AnnotationError, WeightsDownloadError) as err:
         print(f"vidclip train: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -113,6 +115,10 @@ def create_accelerator(config: Config) -> Accelerator:
 
     output = Path(config.output_dir)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    try:  # before Accelerate: it would fail with a traceback deep in its setup
+        check_precision(config.train.precision, torch.device("cuda"), fix="train.precision=fp16 (or no)")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     accelerator = Accelerator(
         cpu=launched > 1 and not torch.cuda.is_available(),  # else torchrun on CPU gives N lone processes
         mixed_precision=config.train.precision,
