@@ -228,6 +228,18 @@ def test_a_decode_past_the_timeout_is_that_videos_row(video_dir, checkpoint, tmp
     assert table["embedding"].notna().sum() == 2  # a.mp4 and sub/c.mp4 are unaffected
 
 
+def test_bf16_embeddings_are_close_to_fp32_and_kept_apart_from_them(video_dir, checkpoint, tmp_path, capsys):
+    options = ("--checkpoint", checkpoint, "--num-workers", 0)
+    assert run_extract([video_dir], tmp_path / "fp32", *options) == 0
+    assert run_extract([video_dir], tmp_path / "bf16", *options, "--precision", "bf16") == 0
+    fp32, bf16 = read_table(tmp_path / "fp32"), read_table(tmp_path / "bf16")
+    pd.testing.assert_series_equal(fp32["error"], bf16["error"])
+    for a, b in zip(fp32["embedding"].dropna(), bf16["embedding"].dropna(), strict=True):
+        assert not np.array_equal(a, b) and float(a @ b) > 0.99  # bf16 rounding, the same direction
+    assert run_extract([video_dir], tmp_path / "fp32", *options, "--precision", "bf16") == 2
+    assert "differs in precision" in capsys.readouterr().err
+
+
 def test_write_part_leaves_nothing_when_writing_fails(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
