@@ -36,6 +36,14 @@ def retrieval_metrics(sim: torch.Tensor, text_to_video: torch.Tensor | None = No
     Without ``text_to_video`` the matrix must be square and text i belongs to video i. With it, a (N_text,)
     integer tensor gives each text's video index, and every video needs at least one text.
     """
+    t2v, v2t = retrieval_ranks(sim, text_to_video)
+    return {**_summary("t2v", t2v), **_summary("v2t", v2t)}
+
+
+def retrieval_ranks(
+    sim: torch.Tensor, text_to_video: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1-based ranks behind :func:`retrieval_metrics`: text->video (N_text,) and video->text (N_video,)."""
     sim = torch.as_tensor(sim).detach().float().cpu()
     if sim.ndim != 2:
         raise ValueError(f"sim must be a 2-D (N_text, N_video) matrix, got shape {tuple(sim.shape)}")
@@ -59,13 +67,11 @@ def retrieval_metrics(sim: torch.Tensor, text_to_video: torch.Tensor | None = No
         raise ValueError(f"every video needs at least one text; videos {missing} have none")
     if torch.isnan(sim).any():
         raise ValueError("sim contains NaN")
-
     t2v = _ranks(sim, text_to_video)
     # best[v, g] = max over the captions of video g of sim(caption, v): (N_video, N_video)
     best = torch.full((num_videos, num_videos), float("-inf"))
     best = best.scatter_reduce(1, text_to_video[None].expand(num_videos, -1), sim.T, reduce="amax")
-    v2t = _ranks(best, torch.arange(num_videos))
-    return {**_summary("t2v", t2v), **_summary("v2t", v2t)}
+    return t2v, _ranks(best, torch.arange(num_videos))
 
 
 def dual_softmax(sim: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -231,15 +231,10 @@ def _shorten(text: str, width: int) -> str:
 def retrieval_ranks(
     similarity: torch.Tensor, text_to_video: torch.Tensor | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """1-based ranks (t2v (N_text,), v2t (N_video,)) exactly as :func:`vidclip.retrieval_metrics` counts them:
-    1 + the number of items scored strictly higher; v2t scores a video against each caption group's best."""
-    sim = torch.as_tensor(similarity).detach().float().cpu()
-    num_texts, num_videos = sim.shape
-    target = torch.arange(num_texts) if text_to_video is None else torch.as_tensor(text_to_video).long()
-    t2v = (sim > sim.gather(1, target[:, None])).sum(1) + 1
-    best = torch.full((num_videos, num_videos), float("-inf"))
-    best = best.scatter_reduce(1, target[None].expand(num_videos, -1), sim.T, reduce="amax")  # (V, groups)
-    v2t = (best > best.diagonal()[:, None]).sum(1) + 1
+    """1-based ranks (t2v (N_text,), v2t (N_video,)) exactly as :func:`vidclip.retrieval_metrics` counts them."""
+    from vidclip.metrics import retrieval_ranks as ranks
+
+    t2v, v2t = ranks(similarity, text_to_video)
     return t2v.numpy(), v2t.numpy()
 
 
