@@ -60,9 +60,17 @@ def create_param_groups(
 
 
 def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`create_param_groups` with the config's betas and eps."""
+    """AdamW over :func:`create_param_groups` with the config's betas and eps.
+
+    Fused (one kernel updates every parameter) where PyTorch's default loops over them: the optimizer step
+    of ViT-B/32 + seqTransf on a CPU thread takes 0.4 s instead of 2.3 s (``tools/bench_train_step.py``),
+    and the update is the same to float rounding. Fused kernels exist for
+    CPU, CUDA, MPS and XPU (not XLA). Not with fp16: the GradScaler always calls a fused step (it skips
+    inside), so Accelerate could not tell a skipped step and the schedule would advance on it.
+    """
     groups = create_param_groups(model, config.lr, config.backbone_lr_scale, config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+    fused = True if config.precision != "fp16" else None  # None: PyTorch's default (foreach on a GPU)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, fused=fused)
 
 
 def warmup_steps(warmup: float, total_steps: int) -> int:

@@ -1,0 +1,136 @@
+"""The benchmarks under ``tools/`` run and print their ratio lines, on the tiny model with the smallest sizes.
+
+Each benchmark starts fresh Python processes (so a measurement is not coloured by the one before), which costs
+seconds per process on a 2-core machine: the command-line runs are marked slow. The in-process test checks the
+train-step benchmark's premise: its two sides do the same work (same first-step loss).
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))
+import bench_memory  # noqa: E402
+import bench_train_step  # noqa: E402
+
+# One thread per process: these runs are tiny, and several processes share the machine's cores.
+ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+RATIO = r"(\d+\.\d+)x"
+
+
+def run_tool(name: str, *args: str, timeout: int = 300) -> str:
+    """Run ``tools/NAME`` with ``args``; its stdout, after checking it exited 0."""
+    done = subprocess.run(
+        [sys.executable, str(TOOLS / name), *args], capture_output=True, text=True, env=ENV, timeout=timeout
+    )
+    assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; the next in-process run needs fresh ones."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_train_step_sides_do_the_same_work(fresh_accelerate_state, tmp_path):
+    """vidclip's train_step and the reference loop see the same weights and batch: same first-step loss, and
+    both train (the second step's loss differs from the first)."""
+    args = bench_train_step.parse_args(
+        ["--model", "tiny", "--device", "cpu", "--batch-size", "4", "--num-frames", "2"]
+    )
+    ours, _ = bench_train_step.build_vidclip_step(args, str(tmp_path))
+    reference, _ = bench_train_step.build_reference_step(args, autocast=False)
+    first = [ours(), reference()]
+    assert first[0] == pytest.approx(first[1], abs=1e-5)
+    assert ours() != pytest.approx(first[0], abs=1e-6)
+    assert reference() != pytest.approx(first[1], abs=1e-6)
+
+
+@pytest.mark.parametrize(("precision", "fused"), [("no", True), ("bf16", True), ("fp16", None)])
+def test_the_trainers_adamw_is_fused_except_under_fp16(precision, fused):
+    """What the benchmark found: the trainer's AdamW is fused (its step is 6x faster on a CPU); not with fp16,
+    where Accelerate must see the GradScaler skip a step."""
+    import vidclip
+    from vidclip.config import TrainConfig
+    from vidclip.optim import create_optimizer
+
+    model = vidclip.create_model("tiny", num_frames=2)
+    optimizer = create_optimizer(model, TrainConfig(precision=precision))
+    assert optimizer.defaults["fused"] is fused
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--config", "nope.yaml"], "--config nope.yaml"),
+    ],
+)
+def test_train_step_refuses_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench_train_step.parse_args(["--device", "cpu", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_memory_refuses_a_factor_below_two(capsys):
+    with pytest.raises(SystemExit):
+        bench_memory.parse_args(["--factor", "1"])
+    assert "--factor must be at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_train_step_prints_its_ratio_and_equal_first_losses():
+    out = run_tool(
+        "bench_train_step.py",
+        *["--model", "tiny", "--device", "cpu", "--batch-size", "2", "--num-frames", "2"],
+        *["--steps", "1", "--warmup", "1", "--threads", "1"],
+    )
+    assert re.search(rf"vidclip / reference = {RATIO}", out), out
+    assert re.search(rf"vidclip / reference, CPU time = {RATIO}", out), out
+    losses = {
+        row.split("|")[1].strip(): row.split("|")[-2].strip()
+        for row in out.splitlines()
+        if row.startswith("| ")
+    }
+    assert losses["reference"] == losses["vidclip"], out
+
+
+@pytest.mark.slow
+def test_bench_memory_prints_both_commands_at_both_sizes_and_extract_stays_flat(tmp_path):
+    out = run_tool(
+        "bench_memory.py",
+        *"--videos 3 --factor 2 --num-frames 2 --video-frames 4 --batch-size 2 --num-workers 0".split(),
+        *["--allocators", "fixed", "--cache", str(tmp_path)],
+    )
+    extract = re.search(rf"fixed malloc: extract: peak 6 / 3 videos = {RATIO}", out)
+    assert extract and float(extract.group(1)) < 1.1, out
+    assert re.search(rf"eval: peak 6 / 3 videos = {RATIO}.*holding the decoded frames would add", out), out
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 6
+
+
+@pytest.mark.slow
+def test_bench_similarity_prints_its_row():
+    out = run_tool(
+        "bench_similarity.py", *"--texts 40 --videos 30 --frames 3 --dim 8 --chunks 16 --device cpu".split()
+    )
+    assert re.search(r"^\| 16 \| \d+\.\d+ \| -?\d+ MiB \| -?\d+\.\d+ \|$", out, re.MULTILINE), out
+
+
+@pytest.mark.slow
+def test_bench_decode_prints_its_ratios(tmp_path):
+    out = run_tool(
+        "bench_decode.py",
+        *["--seconds", "2", "--height", "64", "--num-frames", "4", "--repeats", "1", "--gops", "30"],
+        *["--cache", str(tmp_path)],
+    )
+    assert re.search(rf"\| 30 \| .* \| {RATIO} \| {RATIO} \|", out), out
