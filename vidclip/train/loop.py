@@ -179,8 +179,11 @@ def fit(run: Run, stop: StopSignal) -> bool:
 
     state, accelerator = run.state, run.accelerator
     meter = LossMeter(accelerator.device)
-    bar = tqdm(
-        total=run.total_steps, initial=state.step, unit="step", disable=not accelerator.is_local_main_process
+    bar = tqdm(  # a terminal gets the bar; logs and notebooks get the log lines (after_step) instead
+        total=run.total_steps,
+        initial=state.step,
+        unit="step",
+        disable=not accelerator.is_local_main_process or not sys.stderr.isatty(),
     )
     with bar, logging_redirect_tqdm():
         while state.step < run.total_steps:
