@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
 import temporal_diagnostic  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["mean", "query_scored"])
+@pytest.mark.parametrize("name", ["mean", "query_scored", "vop"])
 def test_order_blind_heads_sit_at_chance(name):
     result = temporal_diagnostic.run_head(name, steps=5, num_frames=8, batch_size=8, seed=0)
     assert result.accuracy == pytest.approx(50.0)
@@ -24,3 +24,13 @@ def test_seq_transformer_learns_frame_order():
 def test_table_lists_every_result():
     rows = [temporal_diagnostic.DiagnosticResult("mean", False, 0, 50.0)]
     assert "| `mean` | no | 0 | 50.0% |" in temporal_diagnostic.format_table(rows)
+
+
+def test_head_options_are_parsed_from_the_name():
+    assert temporal_diagnostic.parse_head("vop:variant=F+C,num_prompts=4,text_prompts=false") == (
+        "vop",
+        {"variant": "F+C", "num_prompts": 4, "text_prompts": False},
+    )
+    assert temporal_diagnostic.parse_head("mean") == ("mean", {})
+    with pytest.raises(SystemExit, match="key=value"):
+        temporal_diagnostic.parse_head("vop:F")

@@ -1,6 +1,8 @@
 """Temporal diagnostic: can a head tell a video from the same frames played backwards?
 
-    python tools/temporal_diagnostic.py [--heads mean seq_transformer ...] [--steps 200] [--markdown]
+    python tools/temporal_diagnostic.py [--heads mean seq_transformer vop:variant=F ...] [--steps 200]
+
+A head is named as ``create_model`` takes it, options after a colon: ``vop:variant=F+C,num_prompts=4``.
 
 Each head is trained (tiny model, CLIP backbone frozen, only the head's own parameters learn) to classify
 generated videos of a shape crossing the frame as "forwards" or "backwards", by cross-entropy over its
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 import vidclip
 from vidclip.demo_data import COLOURS, SHAPES, draw_moving_shape
@@ -58,15 +61,39 @@ def class_logits(model: vidclip.VideoCLIP, videos: torch.Tensor, class_tokens: t
     return 100.0 * model.similarity(text, model.encode_video(videos)).T
 
 
-def run_head(name: str, steps: int, num_frames: int, batch_size: int, seed: int) -> DiagnosticResult:
+def parse_head(spec: str) -> tuple[str, dict[str, object]]:
+    """``"vop:variant=F,num_prompts=4,text_prompts=false"`` -> ``("vop", {"variant": "F", "num_prompts": 4,
+    "text_prompts": False})``."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"head option {item!r} in {spec!r} is not key=value")
+        options[key] = yaml.safe_load(value)  # 4 -> int, false -> bool, F+C -> str
+    return name, options
+
+
+def default_heads() -> list[str]:
+    """Every registered head with its defaults, and VoP's variants beside its base."""
+    heads = vidclip.list_heads()
+    if "vop" in heads:
+        heads += [f"vop:variant={variant}" for variant in ("P", "C", "F", "F+C")]
+    return heads
+
+
+def run_head(
+    spec: str, steps: int, num_frames: int, batch_size: int, seed: int, lr: float = 1e-3
+) -> DiagnosticResult:
     torch.manual_seed(seed)
-    model = vidclip.create_model("tiny", head=name, num_frames=num_frames, freeze_backbone=True)
+    name, options = parse_head(spec)
+    model = vidclip.create_model("tiny", head=name, num_frames=num_frames, freeze_backbone=True, **options)
     tokens = vidclip.get_tokenizer("tiny")(list(CLASS_TEXTS))
     train_videos, train_labels = with_reversed(make_videos(model, 64, num_frames, seed))
     test_videos, test_labels = with_reversed(make_videos(model, 32, num_frames, seed + 1))
     params = [p for p in model.parameters() if p.requires_grad]
     if params:
-        optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         generator = torch.Generator().manual_seed(seed)
         model.train()
         for _ in range(steps):
@@ -82,7 +109,8 @@ def run_head(name: str, steps: int, num_frames: int, batch_size: int, seed: int)
     margin = logits[:, 1] - logits[:, 0]
     correct = torch.where(margin.abs() < 1e-4, 0.5, ((margin > 0).long() == test_labels).float())
     trainable = sum(p.numel() for p in params)
-    return DiagnosticResult(name, model.head.order_aware, trainable, 100 * correct.mean().item())
+    label = name + "".join(f" {key}={value}" for key, value in options.items())
+    return DiagnosticResult(label, model.head.order_aware, trainable, 100 * correct.mean().item())
 
 
 def format_table(results: list[DiagnosticResult]) -> str:
@@ -101,19 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--heads", nargs="+", default=vidclip.list_heads())
+    parser.add_argument("--heads", nargs="+", default=default_heads())
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of every head (1e-3)")
     args = parser.parse_args(argv)
     results = []
     for name in args.heads:
-        results.append(run_head(name, args.steps, args.num_frames, args.batch_size, args.seed))
+        results.append(run_head(name, args.steps, args.num_frames, args.batch_size, args.seed, args.lr))
         print(f"{name}: {results[-1].accuracy:.1f}%", file=sys.stderr)
     print(format_table(results))
     print(
-        f"\nchance = 50%; tiny model, backbone frozen, {args.steps} steps of batch {args.batch_size}, {args.num_frames} frames, seed {args.seed}"
+        f"\nchance = 50%; tiny model, backbone frozen, {args.steps} steps of batch {args.batch_size}, {args.num_frames} frames, seed {args.seed}, lr {args.lr:g}"
     )
     return 0
 
