@@ -4,6 +4,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import vidclip
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
 import temporal_diagnostic  # noqa: E402
@@ -34,3 +37,21 @@ def test_head_options_are_parsed_from_the_name():
     assert temporal_diagnostic.parse_head("mean") == ("mean", {})
     with pytest.raises(SystemExit, match="key=value"):
         temporal_diagnostic.parse_head("vop:F")
+
+
+def test_vop_text_prompts_collapse_the_two_class_texts():
+    """Why VoP's variants stay at chance in the diagnostic (README): trained text prompts make "played forwards"
+    and "played backwards" the same text, after which the video side gets no gradient."""
+    torch.manual_seed(0)
+    model = vidclip.create_model("tiny", head="vop", num_frames=8, freeze_backbone=True, variant="F")
+    tokens = vidclip.get_tokenizer("tiny")(list(temporal_diagnostic.CLASS_TEXTS))
+    videos, labels = temporal_diagnostic.with_reversed(temporal_diagnostic.make_videos(model, 16, 8, 0))
+
+    def text_cosine() -> float:
+        with torch.no_grad():
+            text = model.encode_text(tokens)
+        return torch.nn.functional.cosine_similarity(text[0], text[1], dim=0).item()
+
+    before = text_cosine()
+    temporal_diagnostic.train_head(model, tokens, videos, labels, steps=60, batch_size=16, seed=0, lr=1e-3)
+    assert before < 0.999 < text_cosine()

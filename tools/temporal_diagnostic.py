@@ -85,32 +85,47 @@ def default_heads() -> list[str]:
 def run_head(
     spec: str, steps: int, num_frames: int, batch_size: int, seed: int, lr: float = 1e-3
 ) -> DiagnosticResult:
+    """Train the head named by ``spec`` on forwards/backwards videos, then score held-out ones in both orders."""
     torch.manual_seed(seed)
     name, options = parse_head(spec)
     model = vidclip.create_model("tiny", head=name, num_frames=num_frames, freeze_backbone=True, **options)
     tokens = vidclip.get_tokenizer("tiny")(list(CLASS_TEXTS))
     train_videos, train_labels = with_reversed(make_videos(model, 64, num_frames, seed))
     test_videos, test_labels = with_reversed(make_videos(model, 32, num_frames, seed + 1))
+    train_head(model, tokens, train_videos, train_labels, steps, batch_size, seed, lr)
+    with torch.no_grad():
+        logits = class_logits(model, test_videos, tokens)
+    # A tie (identical scores for both orders) is no decision: it counts as half right, i.e. chance.
+    margin = logits[:, 1] - logits[:, 0]
+    correct = torch.where(margin.abs() < 1e-4, 0.5, ((margin > 0).long() == test_labels).float())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    label = name + "".join(f" {key}={value}" for key, value in options.items())
+    return DiagnosticResult(label, model.head.order_aware, trainable, 100 * correct.mean().item())
+
+
+def train_head(
+    model: vidclip.VideoCLIP,
+    tokens: torch.Tensor,
+    videos: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float,
+) -> vidclip.VideoCLIP:
+    """AdamW on the model's trainable parameters, cross-entropy over the two class texts; returns it in eval."""
     params = [p for p in model.parameters() if p.requires_grad]
     if params:
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         generator = torch.Generator().manual_seed(seed)
         model.train()
         for _ in range(steps):
-            batch = torch.randint(len(train_videos), (batch_size,), generator=generator)
-            loss = F.cross_entropy(class_logits(model, train_videos[batch], tokens), train_labels[batch])
+            batch = torch.randint(len(videos), (batch_size,), generator=generator)
+            loss = F.cross_entropy(class_logits(model, videos[batch], tokens), labels[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        logits = class_logits(model, test_videos, tokens)
-    # A tie (identical scores for both orders) is no decision: it counts as half right, i.e. chance.
-    margin = logits[:, 1] - logits[:, 0]
-    correct = torch.where(margin.abs() < 1e-4, 0.5, ((margin > 0).long() == test_labels).float())
-    trainable = sum(p.numel() for p in params)
-    label = name + "".join(f" {key}={value}" for key, value in options.items())
-    return DiagnosticResult(label, model.head.order_aware, trainable, 100 * correct.mean().item())
+    return model.eval()
 
 
 def format_table(results: list[DiagnosticResult]) -> str:
