@@ -17,6 +17,16 @@ ASSETS = Path(__file__).parent / "assets"
 torch.set_num_threads(1)
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons (precision included); after an in-process run, fresh ones."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def index_video(tmp_path_factory):
     """Factory: ``index_video(num_frames, height, width, codec, fps, suffix)`` -> path of a cached video whose

@@ -108,7 +108,7 @@ def test_eval_counts_missing_and_failed_videos_and_scores_the_rest(corpus, tmp_p
 
 
 @pytest.mark.slow
-def test_train_skips_and_lists_the_bad_videos_and_finishes(corpus, tmp_path):
+def test_train_skips_and_lists_the_bad_videos_and_finishes(corpus, tmp_path, fresh_accelerate_state):
     from vidclip import train as train_module
 
     root, _, _ = corpus
@@ -119,13 +119,7 @@ def test_train_skips_and_lists_the_bad_videos_and_finishes(corpus, tmp_path):
     overrides = [f"output_dir={out}", "model.name=tiny", "model.pretrained=null", f"model.num_frames={NUM_FRAMES}",
                  f"data.train={captions}", f"data.video_root={root}", "data.num_workers=0", "train.batch_size=5",
                  "train.max_steps=2", "train.warmup=0", "train.log_with=none"]  # fmt: skip
-    try:
-        assert train_module.main(["--config", str(config), *overrides]) == 0
-    finally:
-        from accelerate.state import AcceleratorState, GradientState
-
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    assert train_module.main(["--config", str(config), *overrides]) == 0
     failed = dict(line.split("\t") for line in (out / "failed_videos.txt").read_text().splitlines())
     bad = {name: reason for name, reason in CORPUS.items() if reason is not None}  # the absent one too
     assert {path.rsplit("/", 1)[-1] for path in failed} == set(bad)

@@ -32,16 +32,6 @@ def run_tool(name: str, *args: str, timeout: int = 300) -> str:
     return done.stdout
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; the next in-process run needs fresh ones."""
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def test_train_step_sides_do_the_same_work(fresh_accelerate_state, tmp_path):
     """vidclip's train_step and the reference loop see the same weights and batch: same first-step loss, and
     both train (the second step's loss differs from the first)."""

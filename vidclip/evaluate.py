@@ -296,20 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     """The ``vidclip eval`` command: 0 when done, 2 for a bad config, data setting or model choice."""
     from vidclip.config import ConfigError
     from vidclip.data import AnnotationError
-    from vidclip.inference import setup_logging
-    from vidclip.model import WeightsDownloadError
+    from vidclip.inference import COMMAND_ERRORS, setup_logging
 
     args = parse_args(argv)
     setup_logging()
     try:
         config, annotations, device, model = prepare(args)
-    except (
-        ConfigError,
-        AnnotationError,
-        ValueError,
-        FileNotFoundError,
-        WeightsDownloadError,
-    ) as err:
+    except COMMAND_ERRORS as err:
         print(f"vidclip eval: {err}", file=sys.stderr)
         return 2
     data = config.data

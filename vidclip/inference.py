@@ -21,11 +21,15 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader
 
+from vidclip.config import ConfigError
+from vidclip.data.base import AnnotationError
 from vidclip.data.dataset import VideoDataset, collate, create_caption_tokenizer
-from vidclip.model import VideoCLIP, VideoFeatures
+from vidclip.model import VideoCLIP, VideoFeatures, WeightsDownloadError
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# What a command reports as one line and exit status 2: the user's input or setup, not a bug in vidclip.
+COMMAND_ERRORS = (ConfigError, AnnotationError, ValueError, FileNotFoundError, WeightsDownloadError)
 logger = logging.getLogger("vidclip.inference")
 
 

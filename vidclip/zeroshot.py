@@ -367,21 +367,12 @@ def _describe(name: str, split: str, split_id: int | None, metrics: dict[str, fl
 
 def main(argv: list[str] | None = None) -> int:
     """The ``vidclip zeroshot`` command: 0 when done, 2 for bad arguments, config or data settings."""
-    from vidclip.config import ConfigError
-    from vidclip.data import AnnotationError
-    from vidclip.inference import setup_logging
-    from vidclip.model import WeightsDownloadError
+    from vidclip.inference import COMMAND_ERRORS, setup_logging
 
     args = parse_args(argv)
     setup_logging()
     try:
         return run_dataset(args) if args.config else run_files(args)
-    except (
-        ConfigError,
-        AnnotationError,
-        ValueError,
-        FileNotFoundError,
-        WeightsDownloadError,
-    ) as err:
+    except COMMAND_ERRORS as err:
         print(f"vidclip zeroshot: {err}", file=sys.stderr)
         return 2
