@@ -116,6 +116,24 @@ def test_seeking_is_exact_on_long_videos_with_sparse_indices(index_video, gop, b
         assert np.array_equal(clip.frames.numpy(), reference[clip.indices.numpy()]), strategy
 
 
+def test_frames_nothing_refers_to_are_skipped_unless_wanted(videos):
+    """Between wanted frames only the frames others depend on are decoded (skip_frame NONREF), yet every wanted
+    frame is exact: ask for each B-frame on its own, and for all of them at once."""
+    path = videos["h264_25fps"]
+    reference = decode_all_frames(path)
+    b_frames = [i for i, kind in enumerate(frame_types(path)) if kind == "B"]
+    reader = DECODERS["pyav"](str(path))
+    try:
+        for i in b_frames[::3]:
+            assert np.array_equal(reader.get_frames([i]).numpy(), reference[[i]]), i
+        assert np.array_equal(reader.get_frames(b_frames).numpy(), reference[b_frames])
+        reader._container.seek(reader._pts[0], backward=True, any_frame=False, stream=reader._stream)
+        decoded = sum(1 for _ in reader._decode_keeping(keep=set()))
+    finally:
+        reader.close()
+    assert decoded < len(reference)  # without skipping, every frame from the key frame on is decoded
+
+
 @pytest.mark.timeout(120)
 def test_seek_that_lands_before_its_key_frame_is_not_retried_forever(tmp_path):
     """libx264 marks scene-cut I-frames as key frames, but FFmpeg's seek to one can land on the IDR frame
