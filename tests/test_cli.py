@@ -81,7 +81,7 @@ def test_demo_trains_from_chance_to_far_above_it(capsys, tmp_path):
 def test_import_vidclip_loads_no_decoder_trainer_or_plotting():
     code = (
         "import sys, vidclip, vidclip.viz; "
-        "bad = {'decord', 'av', 'accelerate', 'matplotlib'} & set(sys.modules); print(sorted(bad))"
+        "bad = {'decord', 'av', 'torchcodec', 'accelerate', 'matplotlib'} & set(sys.modules); print(sorted(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

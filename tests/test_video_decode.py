@@ -7,6 +7,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from backends import backend_param
 from bad_corpus import write_audio_only
 from dataset_fixtures import caption_videos
 
@@ -15,7 +16,7 @@ from vidclip.synthetic import decode_all_frames, index_frames, read_frame_index,
 from vidclip.video.decode import DECODERS
 
 ASSET = "tests/assets/bigbuckbunny.mp4"
-BACKENDS = ["pyav", "auto", "decord"]
+BACKENDS = ["pyav", "auto", "decord", "torchcodec"]
 
 # (codec, height, width, fps, suffix): B-frame H.264 at 25 and 29.97 fps, sizes that are not multiples of
 # 16, lossless RGB H.264 with truly odd sizes, VP9 in WebM and AV1 (SVT-AV1) in Matroska and MP4.
@@ -55,7 +56,7 @@ def test_generated_h264_really_has_b_frames(videos):
 
 @pytest.mark.parametrize(
     ("case", "backend"),
-    [(c, b) for c in CASES for b in BACKENDS if not (b == "decord" and c in DECORD_WRONG)],
+    [backend_param(b, c) for c in CASES for b in BACKENDS if not (b == "decord" and c in DECORD_WRONG)],
 )
 @pytest.mark.parametrize("strategy", ["uniform", "random", "tail"])
 def test_frames_equal_the_reference_decode(videos, case, backend, strategy):
@@ -69,7 +70,7 @@ def test_frames_equal_the_reference_decode(videos, case, backend, strategy):
     assert [read_frame_index(f) for f in clip.frames.numpy()] == clip.indices.tolist()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [backend_param(b) for b in BACKENDS])
 def test_real_video_matches_the_reference(backend):
     reference = decode_all_frames(ASSET)
     clip = vidclip.load_clip(ASSET, 12, "uniform", decoder=backend)
@@ -89,7 +90,7 @@ def test_decord_is_not_the_default_because_it_misreads_some_streams(videos):
         warnings.warn("decord now decodes this stream exactly: reconsider the default decoder", stacklevel=1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [backend_param(b) for b in BACKENDS])
 def test_short_video_gives_t_frames_and_a_mask(index_video, backend):
     path = index_video(5, 64, 64)
     frames, mask = vidclip.load_video(path, 8, return_mask=True, decoder=backend)
@@ -107,7 +108,7 @@ def test_fps_sampling_reads_the_video_frame_rate(index_video):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("gop", ["50", "250"])  # 250: x264's default, targets far past their keyframe
-@pytest.mark.parametrize("backend", ["pyav", "auto"])
+@pytest.mark.parametrize("backend", ["pyav", "auto", backend_param("torchcodec")])
 def test_seeking_is_exact_on_long_videos_with_sparse_indices(index_video, gop, backend):
     path = index_video(600, 64, 64, options={"g": gop})
     reference = decode_all_frames(path)
@@ -182,7 +183,7 @@ def bad_files(tmp_path_factory):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [backend_param(b) for b in BACKENDS])
 @pytest.mark.parametrize(
     ("name", "reason"),
     [

@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
+from backends import backend_param
 from bad_corpus import write_rotated, write_variable_frame_rate
 
 import vidclip
 from vidclip.synthetic import decode_all_frames, index_frames, read_frame_index, write_video
 
 
-@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord", backend_param("torchcodec")])
 def test_single_frame_video_gives_t_copies_and_one_real_frame(tmp_path, backend):
     path = write_video(tmp_path / "one.mp4", index_frames(1, 64, 64))
     frames, mask = vidclip.load_video(path, 4, return_mask=True, decoder=backend)
@@ -33,26 +34,28 @@ def test_paths_with_spaces_and_non_ascii_characters(tmp_path, name):
     assert [read_frame_index(f) for f in clip.frames.numpy()] == clip.indices.tolist()
 
 
-def test_variable_frame_rate_frames_are_counted_not_timed(tmp_path):
+@pytest.mark.parametrize("backend", ["auto", backend_param("torchcodec")])
+def test_variable_frame_rate_frames_are_counted_not_timed(tmp_path, backend):
     gaps = [33, 33, 100, 17, 17, 250, 33, 33, 66, 33, 33, 500, 33, 33, 33, 33]  # very uneven frame durations
     path = tmp_path / "vfr.mp4"
     write_variable_frame_rate(path, index_frames(len(gaps), 64, 64), gaps)
     reference = decode_all_frames(path)
     assert len(reference) == len(gaps)
     for strategy in ("uniform", "random", "tail"):
-        clip = vidclip.load_clip(path, 5, strategy, seed=1)
+        clip = vidclip.load_clip(path, 5, strategy, seed=1, decoder=backend)
         assert clip.num_total_frames == len(gaps)
         assert np.array_equal(clip.frames.numpy(), reference[clip.indices.numpy()])
         assert [read_frame_index(f) for f in clip.frames.numpy()] == clip.indices.tolist()
 
 
 @pytest.mark.parametrize(("degrees", "white_edge"), [(90, "left"), (-90, "right"), (180, "bottom")])
-def test_rotated_phone_video_comes_out_upright(tmp_path, degrees, white_edge):
+@pytest.mark.parametrize("backend", ["auto", backend_param("torchcodec")])
+def test_rotated_phone_video_comes_out_upright(tmp_path, degrees, white_edge, backend):
     frames = np.zeros((6, 48, 64, 3), dtype=np.uint8)
     frames[:, :8] = 255  # the stored picture's top edge is white
     path = tmp_path / f"rotated_{degrees}.mp4"
     write_rotated(path, frames, degrees)
-    clip = vidclip.load_clip(path, 3)
+    clip = vidclip.load_clip(path, 3, decoder=backend)
     upright = clip.frames.float().mean(dim=(0, 3))  # (H, W) brightness
     expected_shape = (48, 64) if degrees == 180 else (64, 48)
     assert tuple(upright.shape) == expected_shape

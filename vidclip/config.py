@@ -56,7 +56,7 @@ class DataConfig:
     eval_sampling: Sampling = "uniform"  # frame sampling for validation and test
     augment: bool = True  # training: one random resized crop + flip per video; false = the eval transform
     fps: float | None = None  # sample among frames at this rate (CLIP4Clip: 1); null = all frames
-    decoder: str = "auto"  # a registered decoder backend (decord, pyav) or auto
+    decoder: str = "auto"  # auto (PyAV), pyav, decord, torchcodec or nvdec (GPU): vidclip.video.DECODERS
     num_workers: int = 4  # DataLoader worker processes per training process (decoding happens there)
     max_words: int | None = None  # caption length in tokens incl. start/end; null = the model's context
 

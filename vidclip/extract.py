@@ -44,7 +44,16 @@ from vidclip.checkpoint import find_weights, load_checkpoint
 from vidclip.inference import Precision, autocast, check_precision
 from vidclip.inputs import VIDEO_EXTENSIONS, find_videos
 from vidclip.model import VideoCLIP, create_model
-from vidclip.video import DECODERS, SAMPLING_STRATEGIES, get_video_transform, load_clip
+from vidclip.video import (
+    DECODERS,
+    SAMPLING_STRATEGIES,
+    DecoderUnavailableError,
+    check_decoder,
+    decodes_on_device,
+    get_video_transform,
+    load_clip,
+    loader_workers,
+)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
@@ -203,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
 def extract(args: argparse.Namespace) -> Summary:
     """Validate, load the model, skip what ``--out`` already holds, embed the rest part by part."""
     check_model_args(args)
+    try:
+        check_decoder(args.decoder)
+    except DecoderUnavailableError as err:
+        raise ExtractError(f"--decoder {args.decoder}: {err}") from None
     shard = Shard.from_env()
     videos = collect_inputs(args.inputs)
     check_output_dir(args.out)
@@ -392,6 +405,7 @@ class ExtractDataset(Dataset):
         transform: Any,
         timeout: float = 0.0,
     ) -> None:
+        check_decoder(decoder)  # a decoder this machine cannot run fails here, not once per video
         self.pending, self.transform, self.timeout = pending, transform, timeout
         self.num_frames, self.sampling, self.decoder = num_frames, sampling, decoder
 
@@ -468,13 +482,14 @@ def create_loader(
         transform=get_video_transform(model, train=False),
         timeout=args.timeout,
     )
+    workers = loader_workers(args.decoder, args.num_workers)
     return DataLoader(
         dataset,
         batch_size=args.batch_size,
-        num_workers=args.num_workers,
+        num_workers=workers,
         collate_fn=collate,
-        worker_init_fn=init_worker if args.num_workers else None,
-        pin_memory=device.type == "cuda",
+        worker_init_fn=init_worker if workers else None,
+        pin_memory=device.type == "cuda" and not decodes_on_device(args.decoder),
     )
 
 

@@ -25,11 +25,19 @@ from vidclip.config import ConfigError
 from vidclip.data.base import AnnotationError
 from vidclip.data.dataset import VideoDataset, collate, create_caption_tokenizer
 from vidclip.model import VideoCLIP, VideoFeatures, WeightsDownloadError
+from vidclip.video.torchcodec_reader import DecoderUnavailableError
 
 Precision = Literal["fp32", "bf16", "fp16"]
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # What a command reports as one line and exit status 2: the user's input or setup, not a bug in vidclip.
-COMMAND_ERRORS = (ConfigError, AnnotationError, ValueError, FileNotFoundError, WeightsDownloadError)
+COMMAND_ERRORS = (
+    ConfigError,
+    AnnotationError,
+    ValueError,
+    FileNotFoundError,
+    WeightsDownloadError,
+    DecoderUnavailableError,
+)
 logger = logging.getLogger("vidclip.inference")
 
 
@@ -114,7 +122,7 @@ def encode_videos(
     progress: bool = False,
 ) -> EncodedVideos:
     """Decode (in ``num_workers`` processes), transform and encode every video of ``paths`` once."""
-    from vidclip.video import get_video_transform
+    from vidclip.video import decodes_on_device, get_video_transform, loader_workers
 
     device = resolve_device(device)
     dataset = VideoDataset(
@@ -127,13 +135,14 @@ def encode_videos(
         decoder=decoder,
     )
     on_gpu = device.type == "cuda"
+    workers = loader_workers(decoder, num_workers)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        num_workers=num_workers,
+        num_workers=workers,
         collate_fn=collate,
-        pin_memory=on_gpu,
-        worker_init_fn=_one_thread if num_workers else None,
+        pin_memory=on_gpu and not decodes_on_device(decoder),
+        worker_init_fn=_one_thread if workers else None,
     )
     parts, valid, errors = [], [], []
     for batch in _progress(loader, progress, "videos"):

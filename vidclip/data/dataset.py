@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from vidclip.config import ConfigError
-from vidclip.video import load_clip
+from vidclip.video import check_decoder, frames_device, load_clip
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -91,6 +91,7 @@ class VideoDataset(Dataset):
             raise ValueError("texts need a tokenizer and one text per video path")
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(labels)} labels for {len(paths)} videos")
+        check_decoder(decoder)  # a decoder this machine cannot run fails here, not once per video
         self.paths, self.texts, self.labels, self.tokenizer = paths, texts, labels, tokenizer
         self.num_frames, self.sampling, self.fps, self.decoder = num_frames, sampling, fps, decoder
         self.transform, self.image_size, self.seed = transform, image_size, seed
@@ -120,7 +121,7 @@ class VideoDataset(Dataset):
         ) as err:  # any decoder failure costs this sample only (VideoDecodeError, OSError, ...)
             size = self.image_size
             return {
-                "video": torch.zeros(self.num_frames, 3, size, size),
+                "video": torch.zeros(self.num_frames, 3, size, size, device=frames_device(self.decoder)),
                 "mask": torch.zeros(self.num_frames, dtype=torch.bool),
                 "valid": False,
                 "error": (path, str(getattr(err, "reason", err))),

@@ -26,7 +26,7 @@ from vidclip.data.dataset import (
     ignore_interrupts_in_worker,
 )
 from vidclip.model import VideoCLIP
-from vidclip.video import get_video_transform
+from vidclip.video import get_video_transform, loader_workers
 
 
 @dataclass
@@ -97,7 +97,7 @@ def create_train_data(config: Config, model: VideoCLIP, tokenizer: Tokenizer, mi
         dataset = VideoDataset(annotations.video_paths(), labels=annotations.labels, **common)
         class_names = annotations.class_names
     sampler = EpochSampler(len(dataset), seed=seed, multiple=config.train.batch_size)
-    loader = _loader(dataset, micro_batch, data.num_workers, seed, sampler)
+    loader = _loader(dataset, micro_batch, loader_workers(data.decoder, data.num_workers), seed, sampler)
     return TrainData(loader, sampler, class_names, len(dataset))
 
 
@@ -116,7 +116,7 @@ def create_eval_data(
         decoder=config.data.decoder,
         labels=annotations.labels if isinstance(annotations, ClassificationAnnotations) else None,
     )
-    workers, seed = config.data.num_workers, config.train.seed
+    workers, seed = loader_workers(config.data.decoder, config.data.num_workers), config.train.seed
     videos = _loader(dataset, batch_size, workers, seed)
     if isinstance(annotations, ClassificationAnnotations):
         return EvalData(videos, None, None, annotations.class_names)

@@ -68,12 +68,17 @@ def preflight(config: Config, resume: bool) -> None:
     """Checks that need no model or data, before anything slow is built: a train split, a length, a known
     annotation format, and no run to overwrite by accident."""
     from vidclip.data import get_reader
+    from vidclip.video import DecoderUnavailableError, check_decoder
 
     if config.data.train is None:
         raise ConfigError("data.train is not set: training needs a train split")
     if not (config.train.max_steps or config.train.epochs):
         raise ConfigError("set train.max_steps or train.epochs: the run has no length")
     get_reader(config.data)  # an unknown data.format fails here, naming the registered ones
+    try:
+        check_decoder(config.data.decoder)
+    except (ValueError, DecoderUnavailableError) as err:
+        raise ConfigError(f"data.decoder: {err}") from None
     if list_step_checkpoints(config.output_dir) and not resume:
         raise ConfigError(
             f"output_dir {config.output_dir} already holds a run: pass --resume to continue it, "

@@ -1,18 +1,19 @@
 """Decoder backends behind one small interface, and ``load_video``.
 
 A backend opens a file as a :class:`VideoReader` (frame count, frame rate, ``get_frames(indices)``) and is
-registered by name in :data:`DECODERS`. ``pyav`` is the default (``auto``): it seeks like decord and is as
-fast (tools/bench_decode.py), but identifies frames by timestamp, so it is exact. ``decord`` (the decord2
+registered by name in :data:`DECODERS`. ``pyav`` is the default (``auto``): it seeks like decord and is
+faster (tools/bench_decode.py), but identifies frames by timestamp, so it is exact. ``decord`` (the decord2
 fork) stays available as ``decoder="decord"``; after seeking it returns wrong frames on H.264 streams with
-non-IDR I-frames (tests/test_video_decode.py shows one), and fails on some frame sizes. A GPU decoder
-registers the same way and returns frames on its device. Backends are imported lazily: ``import vidclip``
-needs neither library.
+non-IDR I-frames (tests/test_video_decode.py shows one), and fails on some frame sizes. ``torchcodec``
+decodes with torchcodec on the CPU and ``nvdec`` with NVIDIA's hardware decoder through torchcodec, returning
+frames on the GPU. Backends import their libraries lazily: ``import vidclip`` needs none of them.
 
 Frames are indexed in presentation order from 0, as both decord and FFmpeg's decoder emit them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ import torch
 from vidclip.video.errors import VideoDecodeError
 from vidclip.video.pyav_reader import PyAVReader
 from vidclip.video.sampling import SamplingStrategy, pad_indices, sample_indices
+from vidclip.video.torchcodec_reader import NvdecReader, TorchCodecReader, check_torchcodec
+
+log = logging.getLogger(__name__)
 
 
 class VideoReader(Protocol):
@@ -91,13 +95,49 @@ def decord_failure_reason(path: str, error: BaseException) -> str:
 
 
 register_decoder("pyav")(PyAVReader)
+register_decoder("torchcodec")(TorchCodecReader)
+register_decoder("nvdec")(NvdecReader)
+
+
+def decodes_on_device(decoder: str) -> bool:
+    """Whether ``decoder`` returns frames on a GPU: such frames are decoded in the main process (CUDA cannot
+    start in forked DataLoader workers) and are not pinned."""
+    return bool(getattr(DECODERS.get(decoder), "on_device", False))
+
+
+def frames_device(decoder: str) -> torch.device:
+    """Where ``decoder`` puts its frames: the current CUDA device for GPU decoders, else the CPU."""
+    if decodes_on_device(decoder) and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def loader_workers(decoder: str, num_workers: int) -> int:
+    """DataLoader worker processes for decoding with ``decoder``: ``num_workers``, or 0 for a GPU decoder, which
+    decodes in the main process (NVDEC works asynchronously in hardware, and forked workers cannot use CUDA)."""
+    if decodes_on_device(decoder) and num_workers:
+        log.info(
+            "decoder %r decodes on the GPU in the main process: %d workers not started", decoder, num_workers
+        )
+        return 0
+    return num_workers
+
+
+def check_decoder(decoder: str) -> None:
+    """Raise before any work if ``decoder`` is unknown (ValueError) or cannot run on this machine
+    (DecoderUnavailableError, saying what to install), rather than once per video."""
+    if decoder != "auto" and decoder not in DECODERS:
+        raise ValueError(f"decoder must be 'auto' or one of {sorted(DECODERS)}, got {decoder!r}")
+    if decoder in ("torchcodec", "nvdec"):
+        check_torchcodec("cuda" if decoder == "nvdec" else "cpu")
 
 
 def open_video(path: str | os.PathLike, decoder: str = "auto") -> VideoReader:
     """Open ``path`` with the named backend; raises FileNotFoundError or VideoDecodeError naming the file.
 
     ``auto`` is PyAV: exact frames on every file tested (see the README's decoding section); ``decord`` is
-    available on request but returns wrong frames after seeking in some H.264 streams.
+    available on request but returns wrong frames after seeking in some H.264 streams; ``nvdec`` returns frames
+    on the GPU. A decoder this machine cannot run raises DecoderUnavailableError saying what to install.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -107,8 +147,7 @@ def open_video(path: str | os.PathLike, decoder: str = "auto") -> VideoReader:
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
     name = "pyav" if decoder == "auto" else decoder
-    if name not in DECODERS:
-        raise ValueError(f"decoder must be 'auto' or one of {sorted(DECODERS)}, got {decoder!r}")
+    check_decoder(name)
     reader = DECODERS[name](path)
     if reader.num_frames < 1:
         reader.close()
