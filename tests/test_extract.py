@@ -240,6 +240,22 @@ def test_bf16_embeddings_are_close_to_fp32_and_kept_apart_from_them(video_dir, c
     assert "differs in precision" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_compiled_image_tower_gives_the_same_embeddings(video_dir, checkpoint, tmp_path, monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or real_compile(fn, **kw))
+    options = ("--checkpoint", checkpoint, "--num-workers", 0, "--batch-size", 2)
+    assert run_extract([video_dir], tmp_path / "eager", *options) == 0
+    assert not compiled
+    assert run_extract([video_dir], tmp_path / "compiled", *options, "--compile") == 0
+    assert len(compiled) == 1 and compiled[0].__self__ is not None  # the image tower's bound forward
+    eager, fast = read_table(tmp_path / "eager"), read_table(tmp_path / "compiled")
+    pd.testing.assert_series_equal(eager["error"], fast["error"])
+    for a, b in zip(eager["embedding"].dropna(), fast["embedding"].dropna(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_write_part_leaves_nothing_when_writing_fails(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 

@@ -25,6 +25,7 @@ from vidclip.data.dataset import (
     create_caption_tokenizer,
     ignore_interrupts_in_worker,
 )
+from vidclip.data.lookup import ensure_checked
 from vidclip.model import VideoCLIP
 from vidclip.video import get_video_transform, loader_workers
 
@@ -72,7 +73,7 @@ def _loader(dataset, batch_size: int, num_workers: int, seed: int, sampler=None)
 
 def create_train_data(config: Config, model: VideoCLIP, tokenizer: Tokenizer, micro_batch: int) -> TrainData:
     """Random frame sampling and training augmentation; epochs cut to whole optimizer steps."""
-    annotations = read_annotations(config.data, config.task, "train")
+    annotations = ensure_checked(read_annotations(config.data, config.task, "train"), "training data")
     data, seed = config.data, config.train.seed
     common = dict(
         num_frames=config.model.num_frames,
@@ -105,7 +106,7 @@ def create_eval_data(
     config: Config, model: VideoCLIP, tokenizer: Tokenizer, split: Split, batch_size: int
 ) -> EvalData:
     """Uniform frame sampling, no augmentation; every video once (and every caption once for retrieval)."""
-    annotations = read_annotations(config.data, config.task, split)
+    annotations = ensure_checked(read_annotations(config.data, config.task, split), f"{split} data")
     dataset = VideoDataset(
         annotations.video_paths(),
         num_frames=config.model.num_frames,
