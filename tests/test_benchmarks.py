@@ -17,6 +17,7 @@ TOOLS = Path(__file__).parents[1] / "tools"
 sys.path.insert(0, str(TOOLS))
 import bench_memory  # noqa: E402
 import bench_train_step  # noqa: E402
+from backends import torchcodec_missing  # noqa: E402
 
 # One thread per process: these runs are tiny, and several processes share the machine's cores.
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
@@ -124,3 +125,16 @@ def test_bench_decode_prints_its_ratios(tmp_path):
         *["--cache", str(tmp_path)],
     )
     assert re.search(rf"\| 30 \| .* \| {RATIO} \| {RATIO} \|", out), out
+
+
+@pytest.mark.slow
+def test_bench_extract_prints_each_decoder_against_model_bound(tmp_path):
+    decoders = ["pyav", "torchcodec"] if torchcodec_missing() is None else ["pyav"]
+    out = run_tool(
+        "bench_extract.py",
+        *"--model tiny --videos 4 --seconds 1 --height 64 --num-frames 4 --batch-size 2 --num-workers 0".split(),
+        *["--decoders", *decoders, "--cache", str(tmp_path)],
+    )
+    assert re.search(r"model-bound \(pre-decoded tensors\)\s+\d+\.\d+ videos/s", out), out
+    for decoder in decoders:
+        assert re.search(rf"decoder {decoder}\s+\d+\.\d+ videos/s\s+= \d+% of model-bound", out), out

@@ -3,6 +3,7 @@ process by every pipeline, and, on a GPU, the same frames as the CPU decoders wi
 
 import os
 import sys
+import threading
 
 import numpy as np
 import pandas as pd
@@ -32,13 +33,14 @@ def videos(tmp_path_factory):
 
 
 class MainProcessRecorder(PyAVReader):
-    """A CPU stand-in for a GPU decoder: flagged on-device, it records the process each video is opened in."""
+    """A CPU stand-in for a GPU decoder: flagged on-device, it records the process and thread each video is
+    opened in."""
 
     on_device = True
-    opened_in: list[int] = []
+    opened_in: list[tuple[int, str]] = []
 
     def __init__(self, path: str):
-        MainProcessRecorder.opened_in.append(os.getpid())
+        MainProcessRecorder.opened_in.append((os.getpid(), threading.current_thread().name))
         super().__init__(path)
 
 
@@ -98,7 +100,8 @@ def test_training_refuses_a_decoder_it_cannot_run_as_a_config_error(tmp_path):
 # -- how the pipelines use it ----------------------------------------------------------------------------------
 def test_on_device_decoders_decode_in_the_main_process(videos, on_device_decoder, tmp_path):
     """Forked DataLoader workers cannot use CUDA: a GPU decoder's videos are decoded in the main process,
-    whatever --num-workers says, and the result equals the CPU decoder's in workers."""
+    whatever --num-workers says, in a thread that runs ahead of the model, and the result equals the CPU
+    decoder's in workers."""
     assert (
         decodes_on_device("nvdec") and decodes_on_device(on_device_decoder) and not decodes_on_device("pyav")
     )
@@ -108,14 +111,14 @@ def test_on_device_decoders_decode_in_the_main_process(videos, on_device_decoder
     in_main = encode_videos(
         model, [str(v) for v in videos], num_workers=2, batch_size=2, decoder=on_device_decoder
     )
-    assert MainProcessRecorder.opened_in == [os.getpid()] * len(videos)
+    assert MainProcessRecorder.opened_in == [(os.getpid(), "vidclip-decode-ahead")] * len(videos)
     assert torch.equal(in_main.features.pooled, in_workers.features.pooled)
 
     MainProcessRecorder.opened_in = []
     out = tmp_path / "out"
     options = ["--model", "tiny", "--num-frames", "4", "--num-workers", "2", "--decoder", on_device_decoder]
     assert extract.main([*map(str, videos), "--out", str(out), *options]) == 0
-    assert MainProcessRecorder.opened_in == [os.getpid()] * len(videos)
+    assert MainProcessRecorder.opened_in == [(os.getpid(), "vidclip-decode-ahead")] * len(videos)
     assert len(pd.read_parquet(out)) == len(videos)
 
 

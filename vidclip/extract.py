@@ -30,7 +30,7 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,6 +44,7 @@ from vidclip.checkpoint import find_weights, load_checkpoint
 from vidclip.inference import Precision, autocast, check_precision, compile_image_tower
 from vidclip.inputs import VIDEO_EXTENSIONS, find_videos
 from vidclip.model import VideoCLIP, create_model
+from vidclip.prefetch import decode_ahead
 from vidclip.video import (
     DECODERS,
     SAMPLING_STRATEGIES,
@@ -239,7 +240,7 @@ def extract(args: argparse.Namespace) -> Summary:
         if args.compile:
             compile_image_tower(model)
         args.out.mkdir(parents=True, exist_ok=True)
-        loader = create_loader(model, pending, args, device)
+        loader = decode_ahead(create_loader(model, pending, args, device), args.decoder, device)
         parts = PartBuffer(args.out, args.part_size, metadata)
         embed_all(model, loader, device, parts, summary, args.precision)
     return summary
@@ -522,7 +523,7 @@ def embed_batch(
 
 def embed_all(
     model: VideoCLIP,
-    loader: DataLoader,
+    loader: Iterable[dict[str, Any]],
     device: torch.device,
     parts: PartBuffer,
     summary: Summary,

@@ -14,7 +14,7 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -133,6 +133,7 @@ def encode_videos(
     progress: bool = False,
 ) -> EncodedVideos:
     """Decode (in ``num_workers`` processes), transform and encode every video of ``paths`` once."""
+    from vidclip.prefetch import decode_ahead
     from vidclip.video import decodes_on_device, get_video_transform, loader_workers
 
     device = resolve_device(device)
@@ -156,7 +157,8 @@ def encode_videos(
         worker_init_fn=_one_thread if workers else None,
     )
     parts, valid, errors = [], [], []
-    for batch in _progress(loader, progress, "videos"):
+    batches = _progress(decode_ahead(loader, decoder, device), progress, "videos", batch_size, len(loader))
+    for batch in batches:
         video = batch["video"].to(device, non_blocking=on_gpu)  # (B, T, 3, S, S)
         with autocast(device, precision):
             features = model.encode_video(video, batch["mask"].to(device))
@@ -199,12 +201,12 @@ def _one_thread(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def _progress(loader: DataLoader, enabled: bool, unit: str):
+def _progress(batches: Iterable, enabled: bool, unit: str, batch_size: int, total: int) -> Iterable:
     if not enabled:
-        return loader
+        return batches
     from tqdm.auto import tqdm
 
-    return tqdm(loader, unit=f" {unit}", unit_scale=loader.batch_size, file=sys.stderr)
+    return tqdm(batches, unit=f" {unit}", unit_scale=batch_size, total=total, file=sys.stderr)
 
 
 # -- command-line helpers -------------------------------------------------------------------------------------
