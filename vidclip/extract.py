@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vidclip import __version__
 from vidclip.checkpoint import find_weights, load_checkpoint
-from vidclip.inference import Precision, autocast, check_precision, compile_image_tower
+from vidclip.inference import Precision, autocast, check_precision, compile_image_tower, resolve_device
 from vidclip.inputs import VIDEO_EXTENSIONS, find_videos
 from vidclip.model import VideoCLIP, create_model
 from vidclip.prefetch import decode_ahead
@@ -302,17 +302,10 @@ def check_output_dir(out: Path) -> None:
 def get_device(name: str | None, shard: Shard = Shard()) -> torch.device:
     """``--device`` checked before the model is built on it (default: cuda where available); under a
     launcher, ``cuda`` without an index means this process's GPU (``LOCAL_RANK``)."""
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ExtractError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ExtractError(f"--device {name}: CUDA is not available here; use --device cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", shard.local_rank % torch.cuda.device_count())
-    return device
+        return resolve_device(name, shard.local_rank)
+    except ValueError as err:
+        raise ExtractError(f"--{err}") from None
 
 
 # -- the model and what identifies it --------------------------------------------------------------------------

@@ -55,11 +55,21 @@ class EncodedVideos:
         return self.features[self.valid]
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as given, else ``cuda`` where a GPU is visible, else ``cpu``."""
+def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
+    """``device`` as given, else ``cuda`` where a GPU is visible, else ``cpu``; ``cuda`` without an index is
+    GPU ``local_rank`` (this process's, under a launcher). ValueError for a name that is not a device or a
+    GPU that is not here, before a model is built on it."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device {str(device)!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available here; use cpu")
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return resolved
 
 
 def check_precision(precision: str, device: torch.device, fix: str = "--precision fp16 (or fp32)") -> None:
