@@ -102,7 +102,9 @@ def test_files_mode_argument_errors_exit_2(clips, capsys):
     assert zeroshot_module.main([str(clips), "--labels", "a,b", "--model", "tiny", "--device", "gpu0"]) == 2
     assert "'gpu0' is not a torch device" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert zeroshot_module.main([str(clips), "--labels", "a,b", "--model", "tiny", "--device", "cuda"]) == 2
+        assert (
+            zeroshot_module.main([str(clips), "--labels", "a,b", "--model", "tiny", "--device", "cuda"]) == 2
+        )
         assert "CUDA is not available here" in capsys.readouterr().err
 
 

@@ -67,7 +67,7 @@ def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> to
         raise ValueError(f"device {str(device)!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r}: CUDA is not available here; use cpu")
-    if resolved.type == "cuda" and resolved.index is None:
+    if resolved.type == "cuda" and resolved.index is None and torch.cuda.device_count():
         resolved = torch.device("cuda", local_rank % torch.cuda.device_count())
     return resolved
 
