@@ -211,3 +211,29 @@ def test_missing_file_is_file_not_found_naming_it(tmp_path):
 def test_decode_error_is_a_value_error_for_callers_that_catch_bad_input(bad_files):
     with pytest.raises(ValueError):
         vidclip.load_video(bad_files / "notes.mp4")
+
+
+class _ThreadSettings(torch.utils.data.Dataset):
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        reader = DECODERS["pyav"](self.path)
+        stream = reader._stream
+        settings = (stream.thread_count, str(stream.thread_type))
+        reader.close()
+        return settings
+
+
+def test_decoding_in_a_worker_uses_one_thread_and_in_the_main_process_several(index_video):
+    """Workers already decode videos in parallel: FFmpeg threads on top only compete for the same cores."""
+    dataset = _ThreadSettings(index_video(10))
+    in_worker = next(
+        iter(torch.utils.data.DataLoader(dataset, num_workers=1, collate_fn=lambda items: items))
+    )
+    assert in_worker[0][0] == 1
+    count, kind = dataset[0]
+    assert kind.endswith("AUTO") and count != 1  # frame and slice threads, as many as FFmpeg sees fit

@@ -55,7 +55,11 @@ class PyAVReader:
         except Exception as err:
             raise VideoDecodeError(self.path, diagnose(self.path, err)) from err
         if container.streams.video:
-            container.streams.video[0].thread_type = "AUTO"
+            stream = container.streams.video[0]
+            if in_worker_process():
+                stream.thread_count = 1  # workers decode several videos at once already: no threads on top
+            else:
+                stream.thread_type = "AUTO"
         return container
 
     @property
@@ -161,6 +165,14 @@ class PyAVReader:
 
     def close(self) -> None:
         self._container.close()
+
+
+def in_worker_process() -> bool:
+    """Whether this runs in a DataLoader worker, where videos are decoded in parallel across processes and
+    threads within one decode only compete for the same cores (tools/bench_extract.py measured the gain)."""
+    from torch.utils.data import get_worker_info
+
+    return get_worker_info() is not None
 
 
 def upright_rgb(frame) -> torch.Tensor:

@@ -16,6 +16,7 @@ import functools
 import torch
 
 from vidclip.video.errors import VideoDecodeError, diagnose
+from vidclip.video.pyav_reader import in_worker_process
 
 
 class DecoderUnavailableError(RuntimeError):
@@ -59,7 +60,11 @@ class TorchCodecReader:
         )
         try:
             self._decoder = video_decoder(
-                path, seek_mode="exact", dimension_order="NHWC", device=self.device, num_ffmpeg_threads=0
+                path,
+                seek_mode="exact",
+                dimension_order="NHWC",
+                device=self.device,
+                num_ffmpeg_threads=1 if in_worker_process() else 0,
             )
         except Exception as err:  # torchcodec raises RuntimeError/ValueError with FFmpeg's text
             raise VideoDecodeError(path, diagnose(path, err)) from err
