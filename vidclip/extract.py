@@ -176,7 +176,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sampling", choices=SAMPLING_STRATEGIES, default="uniform", help="frame sampling (default: uniform)"
     )
     parser.add_argument(
-        "--decoder", choices=["auto", *sorted(DECODERS)], default="auto", help="video decoder (default: auto)"
+        "--decoder",
+        choices=["auto", *sorted(DECODERS)],
+        default="auto",
+        help="video decoder: auto (= pyav, frame-exact), decord, torchcodec, or nvdec to decode on the GPU "
+        '(needs pip install "vidclip[gpu]" and FFmpeg; decodes in a thread ahead of the model) (default: auto)',
     )
     parser.add_argument(
         "--precision",
@@ -196,7 +200,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=600.0,
         metavar="SECONDS",
         help="give up on a video whose decoding takes longer: it gets a row with the reason (default 600; 0: "
-        "no limit)",
+        "no limit; not applied by nvdec, whose decoding runs in a thread)",
     )
     return parser.parse_args(argv)
 
