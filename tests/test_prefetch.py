@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from vidclip.prefetch import BackgroundBatches, decode_ahead
 
@@ -84,3 +85,18 @@ def test_only_gpu_decoders_are_decoded_ahead_in_a_thread():
     assert isinstance(ahead, BackgroundBatches) and list(ahead) == loader
     with pytest.raises(ValueError, match="depth"):
         BackgroundBatches(loader, depth=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batches_made_on_a_side_stream_are_complete_when_the_consumer_reads_them():
+    device = torch.device("cuda", torch.cuda.current_device())
+
+    def batches():
+        for i in range(8):
+            big = torch.full((2048, 2048), float(i), device=device)
+            yield {"video": (big @ torch.eye(2048, device=device)).sum(dim=0)}  # slow enough to race
+
+    for i, batch in enumerate(BackgroundBatches(batches(), device=device)):
+        assert batch["video"].device == device
+        assert torch.all(batch["video"] == 2048.0 * i)

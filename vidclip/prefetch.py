@@ -34,13 +34,13 @@ class BackgroundBatches:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._cuda = device is not None and device.type == "cuda" and torch.cuda.is_available()
-        self._stream = torch.cuda.Stream(device) if self._cuda else None
+        self._stream = torch.cuda.Stream(_with_index(device)) if self._cuda else None
         self._thread = threading.Thread(target=self._produce, name="vidclip-decode-ahead", daemon=True)
         self._thread.start()
 
     def _produce(self) -> None:
         try:
-            with torch.cuda.stream(self._stream) if self._cuda else contextlib.nullcontext():
+            with self._on_device():
                 for batch in self._batches:
                     ready = None
                     if self._cuda:
@@ -52,6 +52,15 @@ class BackgroundBatches:
             self._put((None, None, err))
             return
         self._put((_DONE, None, None))
+
+    def _on_device(self) -> contextlib.AbstractContextManager:
+        """The consumer's GPU (a thread starts on GPU 0: the current device is per thread) and a side stream."""
+        if not self._cuda:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.cuda.device(self._stream.device))
+        stack.enter_context(torch.cuda.stream(self._stream))
+        return stack
 
     def _put(self, item: tuple) -> bool:
         """Queue ``item``, waiting for room unless closed; False once closed."""
@@ -93,6 +102,11 @@ class BackgroundBatches:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _with_index(device: torch.device) -> torch.device:
+    """``cuda`` as ``cuda:N`` for the current GPU N of the calling thread."""
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
 
 
 def decode_ahead(loader: Iterable[Any], decoder: str, device: torch.device | None) -> Iterable[Any]:
