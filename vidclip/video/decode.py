@@ -24,13 +24,16 @@ import torch
 from vidclip.video.errors import VideoDecodeError
 from vidclip.video.pyav_reader import PyAVReader
 from vidclip.video.sampling import SamplingStrategy, pad_indices, sample_indices
-from vidclip.video.torchcodec_reader import NvdecReader, TorchCodecReader, check_torchcodec
+from vidclip.video.torchcodec_reader import NvdecReader, TorchCodecReader
 
 log = logging.getLogger(__name__)
 
 
 class VideoReader(Protocol):
-    """An open video: ``get_frames`` returns uint8 RGB frames (k, H, W, 3) for sorted, in-range indices."""
+    """An open video: ``get_frames`` returns uint8 RGB frames (k, H, W, 3) for sorted, in-range indices.
+
+    A backend class may also set ``on_device = True`` (its frames come back on a GPU) and define a static
+    ``check_available()`` that raises DecoderUnavailableError where the machine cannot run it."""
 
     path: str
     num_frames: int
@@ -128,8 +131,9 @@ def check_decoder(decoder: str) -> None:
     (DecoderUnavailableError, saying what to install), rather than once per video."""
     if decoder != "auto" and decoder not in DECODERS:
         raise ValueError(f"decoder must be 'auto' or one of {sorted(DECODERS)}, got {decoder!r}")
-    if decoder in ("torchcodec", "nvdec"):
-        check_torchcodec("cuda" if decoder == "nvdec" else "cpu")
+    check_available = getattr(DECODERS.get(decoder), "check_available", None)  # backends with extra needs
+    if check_available is not None:
+        check_available()
 
 
 def open_video(path: str | os.PathLike, decoder: str = "auto") -> VideoReader:

@@ -51,6 +51,10 @@ def check_torchcodec(device: str) -> None:
 class TorchCodecReader:
     """Decoding with torchcodec on ``device``; ``get_frames`` returns uint8 (k, H, W, 3) RGB on that device."""
 
+    @staticmethod
+    def check_available() -> None:
+        check_torchcodec("cpu")
+
     def __init__(self, path: str, device: str = "cpu"):
         video_decoder = _load_torchcodec()
         check_torchcodec(device)
@@ -92,6 +96,10 @@ class NvdecReader(TorchCodecReader):
     """torchcodec's NVDEC decoder on the current CUDA device: frames come back on the GPU."""
 
     on_device = True
+
+    @staticmethod
+    def check_available() -> None:
+        check_torchcodec("cuda")
 
     def __init__(self, path: str):
         super().__init__(path, device="cuda")
