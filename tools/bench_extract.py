@@ -9,7 +9,8 @@ Generates (once, cached) short 480p H.264 videos, then measures:
   end to end:  ``vidclip extract`` on the files (decoding in DataLoader workers, or for ``nvdec`` on the GPU
                in a thread ahead of the model; Parquet parts written), once per decoder, side by side.
 Prints videos/s for both and their ratio (goal on a GPU: end to end >= 90% of model-bound); the end-to-end
-time also includes loading the checkpoint, measured separately and shown. Random weights (no download):
+time also includes loading the checkpoint, measured separately and shown. Also prints how a worker's time per
+video splits between decoding and the transform (what moving the transform to the GPU could save). Random weights (no download):
 speed does not depend on their values. The same precision (autocast) on both sides. ``--compile`` also times model-bound with the image
 tower compiled (``vidclip.inference.compile_image_tower``, what ``extract --compile`` does), compilation excluded
 and shown separately, against the eager model-bound of the same run.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -51,10 +53,10 @@ def make_videos(folder: Path, count: int, seconds: int = 10, height: int = 480, 
 
 
 def model_bound(
-    model, paths, num_frames: int, batch_size: int, device: str, precision: str = "fp32"
+    model, paths, num_frames: int, batch_size: int, device: str, precision: str = "fp32", passes: int = 3
 ) -> float:
     """Videos/s of encode_video alone, on batches decoded and transformed before the clock starts (whole
-    batches only, so a compiled model sees one shape)."""
+    batches only, so a compiled model sees one shape); the median of ``passes`` passes over them."""
     transform = vidclip.get_video_transform(model)
     clips = [vidclip.load_clip(p, num_frames) for p in paths]
     batches = [
@@ -68,12 +70,34 @@ def model_bound(
         model.encode_video(batches[0][0].to(device), batches[0][1].to(device))  # warm-up
         if device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
-        for video, mask in batches:
-            model.encode_video(video.to(device, non_blocking=True), mask.to(device))
-        if device == "cuda":
-            torch.cuda.synchronize()
-    return len(batches) * batch_size / (time.perf_counter() - start)
+        seconds = []
+        for _ in range(passes):
+            start = time.perf_counter()
+            for video, mask in batches:
+                model.encode_video(video.to(device, non_blocking=True), mask.to(device))
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+    return len(batches) * batch_size / statistics.median(seconds)
+
+
+def worker_split(model, paths, num_frames: int) -> tuple[float, float]:
+    """Milliseconds per video of what a worker does, on one thread as in a worker: decode, then transform."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    transform = vidclip.get_video_transform(model)
+    decode_s = transform_s = 0.0
+    try:
+        for path in paths:
+            start = time.perf_counter()
+            frames = vidclip.load_video(path, num_frames)
+            decode_s += time.perf_counter() - start
+            start = time.perf_counter()
+            transform(frames)
+            transform_s += time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    return 1000 * decode_s / len(paths), 1000 * transform_s / len(paths)
 
 
 def compile_seconds(model, num_frames: int, batch_size: int, device: str, precision: str) -> float:
@@ -149,6 +173,11 @@ def main() -> None:
     )
     print(f"model-bound (pre-decoded tensors)  {bound:8.2f} videos/s")
     print(f"(end to end includes {load_seconds:.1f} s of checkpoint loading)")
+    decode_ms, transform_ms = worker_split(model, paths[:8], args.num_frames)
+    print(
+        f"a worker's time per video: decode {decode_ms:.0f} ms, transform (resize, crop, normalise) "
+        f"{transform_ms:.0f} ms = {100 * transform_ms / (decode_ms + transform_ms):.0f}%"
+    )
     for decoder, total in totals.items():
         print(
             f"vidclip extract, decoder {decoder:<8} {total:8.2f} videos/s  = {100 * total / bound:.0f}% of "
