@@ -2,7 +2,7 @@
 
     python tools/bench_extract.py [--videos 32] [--model ViT-B-32] [--num-frames 12] [--batch-size 8]
                                   [--num-workers 2] [--device cpu|cuda] [--precision fp32|bf16|fp16]
-                                  [--decoders pyav nvdec] [--compile]
+                                  [--decoders pyav nvdec] [--sweep 8 32 128] [--compile]
 
 Generates (once, cached) short 480p H.264 videos, then measures:
   model-bound: the same model on frames decoded and transformed beforehand (only encode_video is timed),
@@ -10,7 +10,8 @@ Generates (once, cached) short 480p H.264 videos, then measures:
                in a thread ahead of the model; Parquet parts written), once per decoder, side by side.
 Prints videos/s for both and their ratio (goal on a GPU: end to end >= 90% of model-bound); the end-to-end
 time also includes loading the checkpoint, measured separately and shown. Also prints how a worker's time per
-video splits between decoding and the transform (what moving the transform to the GPU could save). Random weights (no download):
+video splits between decoding and the transform (what moving the transform to the GPU could save), and with
+``--sweep`` model-bound at several batch sizes (where the GPU stops getting faster: the batch to use). Random weights (no download):
 speed does not depend on their values. The same precision (autocast) on both sides. ``--compile`` also times model-bound with the image
 tower compiled (``vidclip.inference.compile_image_tower``, what ``extract --compile`` does), compilation excluded
 and shown separately, against the eager model-bound of the same run.
@@ -150,6 +151,9 @@ def main() -> None:
     parser.add_argument(
         "--decoders", nargs="+", default=None, help="default: pyav, and nvdec where it can run"
     )
+    parser.add_argument(
+        "--sweep", type=int, nargs="+", default=[], help="also time model-bound at these batch sizes (videos)"
+    )
     parser.add_argument("--compile", action="store_true", help="also time model-bound with torch.compile")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vidclip-bench-extract")
     args = parser.parse_args()
@@ -183,6 +187,11 @@ def main() -> None:
             f"vidclip extract, decoder {decoder:<8} {total:8.2f} videos/s  = {100 * total / bound:.0f}% of "
             "model-bound (goal on a GPU >= 90%)"
         )
+    if args.sweep:
+        print("| batch (videos) | model-bound videos/s |\n|---|---|")
+        for size in args.sweep:
+            rate = model_bound(model, paths, args.num_frames, size, args.device, args.precision)
+            print(f"| {size} | {rate:.2f} |")
     if args.compile:
         seconds = compile_seconds(model, args.num_frames, args.batch_size, args.device, args.precision)
         compiled = model_bound(model, paths, args.num_frames, args.batch_size, args.device, args.precision)

@@ -23,6 +23,7 @@ python -c "import torch; assert torch.cuda.is_available(), 'no GPU visible'; pri
     || exit 1
 python -m pytest -q -m gpu -p no:cacheprovider 2>&1 | tee "$out/tests.txt"
 python tools/bench_decode.py 2>&1 | tee "$out/bench_decode.txt"
-python tools/bench_extract.py --videos 64 --batch-size 32 --num-workers 8 --precision bf16 --compile 2>&1 \
+python tools/bench_extract.py --videos 64 --batch-size 32 --num-workers 8 --precision bf16 --sweep 8 16 32 64 \
+    --compile 2>&1 \
     | tee "$out/bench_extract.txt"
 python tools/bench_train_step.py --precision bf16 2>&1 | tee "$out/bench_train_step.txt"
