@@ -52,8 +52,10 @@ def on_device_decoder(monkeypatch):
 
 
 # -- where it cannot run ---------------------------------------------------------------------------------------
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
-def test_nvdec_without_a_gpu_is_refused_before_any_work(videos, tmp_path, capsys):
+def test_nvdec_without_a_gpu_is_refused_before_any_work(videos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(
+        torch.cuda, "is_available", lambda: False
+    )  # a machine without a GPU, wherever this runs
     with pytest.raises(DecoderUnavailableError, match="GPU"):
         check_decoder("nvdec")
     with pytest.raises(DecoderUnavailableError):
@@ -79,7 +81,7 @@ def test_a_missing_torchcodec_says_what_to_install(monkeypatch):
         _load_torchcodec.cache_clear()
 
 
-def test_training_refuses_a_decoder_it_cannot_run_as_a_config_error(tmp_path):
+def test_training_refuses_a_decoder_it_cannot_run_as_a_config_error(tmp_path, monkeypatch):
     from vidclip.config import ConfigError, load_config
     from vidclip.train.state import preflight
 
@@ -90,11 +92,9 @@ def test_training_refuses_a_decoder_it_cannot_run_as_a_config_error(tmp_path):
     )
     with pytest.raises(ConfigError, match="data.decoder: decoder must be 'auto' or one of"):
         preflight(load_config([config_file], ["data.decoder=nvdc", f"output_dir={tmp_path / 'run'}"]), False)
-    if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="data.decoder: decoder 'nvdec' decodes on an NVIDIA GPU"):
-            preflight(
-                load_config([config_file], ["data.decoder=nvdec", f"output_dir={tmp_path / 'run'}"]), False
-            )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
+    with pytest.raises(ConfigError, match="data.decoder: decoder 'nvdec' decodes on an NVIDIA GPU"):
+        preflight(load_config([config_file], ["data.decoder=nvdec", f"output_dir={tmp_path / 'run'}"]), False)
 
 
 # -- how the pipelines use it ----------------------------------------------------------------------------------

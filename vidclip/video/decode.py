@@ -126,11 +126,16 @@ def loader_workers(decoder: str, num_workers: int) -> int:
     return num_workers
 
 
+def check_decoder_name(decoder: str) -> None:
+    """ValueError unless ``decoder`` is ``auto`` or registered."""
+    if decoder != "auto" and decoder not in DECODERS:
+        raise ValueError(f"decoder must be 'auto' or one of {sorted(DECODERS)}, got {decoder!r}")
+
+
 def check_decoder(decoder: str) -> None:
     """Raise before any work if ``decoder`` is unknown (ValueError) or cannot run on this machine
     (DecoderUnavailableError, saying what to install), rather than once per video."""
-    if decoder != "auto" and decoder not in DECODERS:
-        raise ValueError(f"decoder must be 'auto' or one of {sorted(DECODERS)}, got {decoder!r}")
+    check_decoder_name(decoder)
     check_available = getattr(DECODERS.get(decoder), "check_available", None)  # backends with extra needs
     if check_available is not None:
         check_available()
@@ -151,7 +156,7 @@ def open_video(path: str | os.PathLike, decoder: str = "auto") -> VideoReader:
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
     name = "pyav" if decoder == "auto" else decoder
-    check_decoder(name)
+    check_decoder_name(decoder)  # what the backend itself needs, it checks when it opens the file
     reader = DECODERS[name](path)
     if reader.num_frames < 1:
         reader.close()

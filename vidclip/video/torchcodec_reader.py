@@ -41,11 +41,12 @@ def _load_torchcodec():
     return VideoDecoder
 
 
-def check_torchcodec(device: str) -> None:
-    """Raise DecoderUnavailableError unless torchcodec can decode on ``device`` ("cpu" or "cuda") here."""
-    _load_torchcodec()
+def check_torchcodec(device: str):
+    """torchcodec's VideoDecoder class, or DecoderUnavailableError unless it can decode on ``device`` ("cpu" or
+    "cuda") here; a missing GPU is named first, as no install fixes it."""
     if device == "cuda" and not torch.cuda.is_available():
         raise DecoderUnavailableError("decoder 'nvdec' decodes on an NVIDIA GPU, and none is visible here")
+    return _load_torchcodec()
 
 
 class TorchCodecReader:
@@ -56,8 +57,7 @@ class TorchCodecReader:
         check_torchcodec("cpu")
 
     def __init__(self, path: str, device: str = "cpu"):
-        video_decoder = _load_torchcodec()
-        check_torchcodec(device)
+        video_decoder = check_torchcodec(device)
         self.path = path
         self.device = (
             torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device(device)
