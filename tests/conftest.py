@@ -27,6 +27,26 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
+@pytest.fixture
+def hang_decoding(monkeypatch):
+    """``hang_decoding(suffix)``: decoding any video whose path ends with ``suffix`` blocks for a minute, in the
+    main process and in forked DataLoader workers alike (what a time limit must cut off)."""
+    import time
+
+    from vidclip.data import dataset
+
+    real = dataset.load_frames
+    suffixes: list[str] = []
+
+    def load(path, *args, **kwargs):
+        if str(path).endswith(tuple(suffixes)):
+            time.sleep(60)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "load_frames", load)
+    return suffixes.append
+
+
 @pytest.fixture(scope="session")
 def index_video(tmp_path_factory):
     """Factory: ``index_video(num_frames, height, width, codec, fps, suffix)`` -> path of a cached video whose

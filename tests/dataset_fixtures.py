@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vidclip.demo_data import COLOURS, DIRECTIONS, SHAPES, draw_moving_shape
 from vidclip.synthetic import write_video
+from vidclip.synthetic.demo_data import COLOURS, DIRECTIONS, SHAPES, draw_moving_shape
 
 COMBOS = [
     (c, s, d) for c in ("red", "green", "blue", "yellow") for s in ("square", "disc") for d in ("left", "up")

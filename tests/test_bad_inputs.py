@@ -12,9 +12,9 @@ import torch
 from bad_corpus import CORPUS, write_corpus
 
 import vidclip
-from vidclip import evaluate as evaluate_module
-from vidclip import extract
-from vidclip import zeroshot as zeroshot_module
+from vidclip.commands import eval as evaluate_module
+from vidclip.commands import extract
+from vidclip.commands import zeroshot as zeroshot_module
 
 GOOD = [name for name, reason in CORPUS.items() if reason is None]
 BROKEN = {
@@ -38,7 +38,7 @@ def corpus(tmp_path_factory):
 def embedding(run, path) -> np.ndarray:
     """The video's embedding computed directly, one video at a time."""
     model = vidclip.load_checkpoint(run).eval()
-    clip = vidclip.load_clip(path, NUM_FRAMES)
+    clip = vidclip.load_frames(path, NUM_FRAMES)
     with torch.no_grad():
         return model.encode_video(
             vidclip.get_video_transform(model)(clip.frames)[None], clip.mask[None]
@@ -109,7 +109,7 @@ def test_eval_counts_missing_and_failed_videos_and_scores_the_rest(corpus, tmp_p
 
 @pytest.mark.slow
 def test_train_skips_and_lists_the_bad_videos_and_finishes(corpus, tmp_path, fresh_accelerate_state, caplog):
-    from vidclip import train as train_module
+    from vidclip.commands import train as train_module
 
     root, _, _ = corpus
     captions = write_captions(root, tmp_path / "captions.csv")

@@ -46,7 +46,7 @@ def test_files_merge_in_order_and_overrides_win(tmp_path):
     [
         ("train.lrr=1", "train.lrr: Key 'lrr' not in 'TrainConfig'"),
         ("train.batch_size=many", "train.batch_size: Value 'many'"),
-        ("train.precision=fp8", "train.precision: Invalid value 'fp8'"),
+        ("train.precision=fp8", "train.precision must be one of fp32, bf16, fp16, got 'fp8'"),
         ("task=segmentation", "task: Invalid value 'segmentation'"),
         ("data.sampling=sometimes", "data.sampling: Invalid value 'sometimes'"),
         ("train.lr=-1", "train.lr must be positive"),

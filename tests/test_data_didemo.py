@@ -8,9 +8,9 @@ import pytest
 from dataset_fixtures import COMBOS, shape_video, touch, write_didemo
 
 import vidclip.data.didemo  # noqa: F401  (registers "didemo")
+from vidclip.commands.eval import main as eval_main
 from vidclip.config import DataConfig
 from vidclip.data import read_annotations
-from vidclip.evaluate import main as eval_main
 
 MOMENTS = [
     ("1@N00_11_aa.mov", "a dog runs."),

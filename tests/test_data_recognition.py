@@ -9,7 +9,7 @@ from dataset_fixtures import touch, write_hmdb51_splits, write_ucf101_lists
 import vidclip.data.recognition  # noqa: F401  (registers kinetics, ucf101, hmdb51, folders)
 from vidclip.config import DataConfig
 from vidclip.data import read_annotations
-from vidclip.templates import humanize_class_name
+from vidclip.data.recognition import humanize_class_name
 
 
 def classify(split="test", **fields):

@@ -15,12 +15,12 @@ from dataset_fixtures import COMBOS, broken_video, caption_videos, colour_of, sh
 
 import vidclip
 import vidclip.data.msrvtt  # noqa: F401  (registers "msrvtt")
-from vidclip import evaluate as evaluate_module
 from vidclip import inference
-from vidclip import zeroshot as zeroshot_module
+from vidclip.commands import eval as evaluate_module
+from vidclip.commands import zeroshot as zeroshot_module
 from vidclip.config import DataConfig
 from vidclip.data import read_annotations
-from vidclip.evaluate import evaluate
+from vidclip.inference.retrieval import evaluate_retrieval as evaluate
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +92,10 @@ def test_frame_features_are_computed_once_per_video_and_match_direct_scoring(msr
         model, "encode_video", lambda video, mask=None: encoded.append(len(video)) or original(video, mask)
     )
     metrics = evaluate(model, annotations, batch_size=3, num_workers=0, chunk_size=5)
-    assert sum(encoded) == 7  # 6 good videos + the broken one's empty slot, each exactly once
+    assert sum(encoded) == 6  # the 6 good videos, each exactly once; the broken one never reaches the model
     # the same numbers from decoding, encoding and scoring by hand
     good = [v for v in annotations.videos if v.id != "video6"]
-    clips = [vidclip.load_clip(root / v.path, 4) for v in good]
+    clips = [vidclip.load_frames(root / v.path, 4) for v in good]
     transform = vidclip.get_video_transform(model)
     with torch.no_grad():
         video = original(
@@ -144,7 +144,7 @@ def fine_tune(root, rows, steps=100, batch_size=32):
     model = vidclip.create_model("tiny", head="mean", num_frames=4)
     model.clip.token_embedding.requires_grad_(False)  # 49k rows the captions barely touch: spare Adam them
     transform = vidclip.get_video_transform(model)
-    clips = [vidclip.load_clip(root / name, 4) for name, _ in rows]
+    clips = [vidclip.load_frames(root / name, 4) for name, _ in rows]
     video = torch.stack([transform(clip.frames) for clip in clips])  # (64, 4, 3, 32, 32)
     tokens = vidclip.get_tokenizer("tiny")([caption for _, caption in rows])
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -313,7 +313,7 @@ def test_bf16_only_emulated_warns_that_fp16_is_faster(monkeypatch, caplog):
 
 
 def test_a_misspelt_data_format_lists_the_registered_ones_and_suggests_the_closest(msrvtt, tmp_path, capsys):
-    from vidclip.config import ConfigError, load_config
+    from vidclip.data import AnnotationError, get_reader
 
     files, root = msrvtt
     config = write_config(tmp_path / "eval.yaml", files, root)
@@ -321,6 +321,6 @@ def test_a_misspelt_data_format_lists_the_registered_ones_and_suggests_the_close
     err = capsys.readouterr().err
     assert "data.format: unknown format 'MSR-VTT' (did you mean 'msrvtt'?)" in err
     assert "registered formats: csv, didemo, folders, hmdb51, kinetics, msrvtt, ucf101" in err
-    with pytest.raises(ConfigError) as raised:
-        load_config([], ["data.format=webdataset"])  # nothing close: the list, no guess
+    with pytest.raises(AnnotationError) as raised:
+        get_reader(DataConfig(format="webdataset"))  # nothing close: the list, no guess
     assert "did you mean" not in str(raised.value) and "kinetics" in str(raised.value)

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,9 +11,10 @@ import pytest
 import torch
 
 import vidclip
-from vidclip import extract
+from vidclip.commands import extract
+from vidclip.data.files import find_videos
 from vidclip.heads import HEADS, TemporalHead, register_head
-from vidclip.inputs import find_videos
+from vidclip.inference import parts
 from vidclip.synthetic import index_frames, write_video
 
 NUM_FRAMES = 4
@@ -40,7 +42,10 @@ def checkpoint(tmp_path_factory):
 
 
 def run_extract(inputs, out, *options):
-    return extract.main([*map(str, inputs), "--out", str(out), *map(str, options)])
+    try:
+        return extract.main([*map(str, inputs), "--out", str(out), *map(str, options)])
+    except SystemExit as exit:  # argparse refuses a malformed flag value with exit status 2
+        return exit.code
 
 
 def read_table(out) -> pd.DataFrame:
@@ -50,7 +55,7 @@ def read_table(out) -> pd.DataFrame:
 def expected_embedding(checkpoint, path) -> np.ndarray:
     """The embedding computed directly through the library, as a user would."""
     model = vidclip.load_checkpoint(checkpoint).eval()
-    clip = vidclip.load_clip(path, model.num_frames, "uniform")
+    clip = vidclip.load_frames(path, model.num_frames, "uniform")
     video = vidclip.get_video_transform(model)(clip.frames)  # (T, 3, S, S)
     with torch.no_grad():
         return model.encode_video(video[None], clip.mask[None]).pooled[0].numpy()
@@ -103,7 +108,7 @@ def test_interrupted_run_resumes_without_duplicates_or_holes(
 ):
     options = ("--checkpoint", checkpoint, "--part-size", 2, "--batch-size", 1, "--num-workers", 0)
     assert run_extract([video_dir], tmp_path / "whole", *options) == 0
-    write_part, calls = extract.write_part, []
+    write_part, calls = parts.write_part, []
 
     def crash_on_second_part(*args):
         calls.append(args)
@@ -111,12 +116,12 @@ def test_interrupted_run_resumes_without_duplicates_or_holes(
             raise RuntimeError("simulated crash")
         return write_part(*args)
 
-    monkeypatch.setattr(extract, "write_part", crash_on_second_part)
+    monkeypatch.setattr(parts, "write_part", crash_on_second_part)
     out = tmp_path / "resumed"
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_extract([video_dir], out, *options)
     assert [p.name.startswith("part-") for p in out.iterdir()] == [True]  # one part, no temp file left
-    monkeypatch.setattr(extract, "write_part", write_part)
+    monkeypatch.setattr(parts, "write_part", write_part)
     capsys.readouterr()
     assert run_extract([video_dir], out, *options) == 0
     assert "1 ok, 2 failed, 2 skipped" in capsys.readouterr().out
@@ -126,20 +131,20 @@ def test_interrupted_run_resumes_without_duplicates_or_holes(
 
 
 def test_ctrl_c_keeps_the_rows_already_embedded(video_dir, checkpoint, tmp_path, monkeypatch, capsys):
-    embed_batch, calls = extract.embed_batch, []
+    batch_rows, calls = extract.batch_rows, []
 
     def interrupt_second_batch(*args):
         calls.append(args)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return embed_batch(*args)
+        return batch_rows(*args)
 
-    monkeypatch.setattr(extract, "embed_batch", interrupt_second_batch)
+    monkeypatch.setattr(extract, "batch_rows", interrupt_second_batch)
     out, options = tmp_path / "out", ("--checkpoint", checkpoint, "--batch-size", 2, "--num-workers", 0)
     assert run_extract([video_dir], out, *options) == extract.EXIT_INTERRUPTED
     assert "run the same command again to resume" in capsys.readouterr().err
     assert len(pd.read_parquet(out)) == 2  # the first batch, though the part (1000 rows) was not full
-    monkeypatch.setattr(extract, "embed_batch", embed_batch)
+    monkeypatch.setattr(extract, "batch_rows", batch_rows)
     assert run_extract([video_dir], out, *options) == 0
     assert pd.read_parquet(out)["video"].is_unique and len(pd.read_parquet(out)) == 5
 
@@ -169,7 +174,7 @@ def test_each_video_belongs_to_exactly_one_process(monkeypatch):
         assert all(sum(shard.owns(index) for shard in shards) == 1 for index in range(20))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "2")
-    with pytest.raises(extract.ExtractError, match="RANK=2 is not in"):
+    with pytest.raises(ValueError, match="RANK=2 is not in"):
         extract.Shard.from_env()
 
 
@@ -204,17 +209,10 @@ def test_two_processes_share_one_output_and_resume_what_one_process_began(video_
     )
 
 
-def test_a_decode_past_the_timeout_is_that_videos_row(video_dir, checkpoint, tmp_path, monkeypatch):
+def test_a_decode_past_the_timeout_is_that_videos_row(video_dir, checkpoint, tmp_path, hang_decoding):
     import time
 
-    real_load_clip = extract.load_clip
-
-    def hang_on_b(path, *args, **kwargs):
-        if str(path).endswith("b.mkv"):
-            time.sleep(60)
-        return real_load_clip(path, *args, **kwargs)
-
-    monkeypatch.setattr(extract, "load_clip", hang_on_b)
+    hang_decoding("b.mkv")
     out, start = tmp_path / "out", time.monotonic()
     assert (
         run_extract([video_dir], out, "--checkpoint", checkpoint, "--num-workers", 0, "--timeout", 0.5) == 0
@@ -260,12 +258,12 @@ def test_write_part_leaves_nothing_when_writing_fails(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     def fail_midway(table, where, **kwargs):
-        where.write(b"PAR1 half a file")
+        Path(where).write_bytes(b"PAR1 half a file")
         raise OSError("disk full")
 
     monkeypatch.setattr(pq, "write_table", fail_midway)
     with pytest.raises(OSError, match="disk full"):
-        extract.write_part(tmp_path, [extract.Row(0, "a.mp4", None, "x")], {})
+        parts.write_part(tmp_path, [parts.Row(0, "a.mp4", None, "x")], {})
     assert os.listdir(tmp_path) == []
 
 
@@ -312,6 +310,9 @@ def test_refuses_a_text_conditioned_head(video_dir, tmp_path, capsys, text_condi
         ("out_holds_other_files", "not vidclip parts"),
         ("bad_device", "not a torch device"),
         ("negative_timeout", "--timeout must be 0"),
+        ("infinite_timeout", "--timeout must be 0"),
+        ("nan_timeout", "--timeout must be 0"),
+        ("huge_timeout", "--timeout must be 0"),
     ],
 )
 def test_argument_errors_say_what_to_do(case, message, video_dir, checkpoint, tmp_path, capsys):
@@ -328,6 +329,9 @@ def test_argument_errors_say_what_to_do(case, message, video_dir, checkpoint, tm
         "no_videos": ([tmp_path], out, *model),
         "bad_device": ([video], out, *model, "--device", "potato"),
         "negative_timeout": ([video], out, *model, "--timeout", "-1"),
+        "infinite_timeout": ([video], out, *model, "--timeout", "inf"),
+        "nan_timeout": ([video], out, *model, "--timeout", "nan"),
+        "huge_timeout": ([video], out, *model, "--timeout", "1e30"),
     }.get(case, ([video], out, *model))
     assert run_extract(*args) == 2
     assert message in capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import vidclip
 from vidclip.heads import create_head
-from vidclip.heads.base import masked_mean
+from vidclip.heads.layers import masked_mean
 
 MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
 

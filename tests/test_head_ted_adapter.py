@@ -37,7 +37,7 @@ def adapters(model) -> list[TEDAdapter]:
 
 
 def all_valid(batch: int = 1) -> torch.Tensor:
-    return torch.ones(batch, T, 1, 1, dtype=torch.bool)
+    return torch.ones(batch, T, dtype=torch.bool)
 
 
 def test_untrained_model_equals_plain_clip(pair):

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from vidclip.prefetch import BackgroundBatches, decode_ahead
+from vidclip.inference.prefetch import BackgroundBatches, decode_ahead
 
 
 def test_same_items_in_the_same_order_produced_off_the_main_thread():

@@ -21,9 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 import vidclip
-from vidclip import train as train_module
+from vidclip.commands import train as train_module
 from vidclip.config import load_config
-from vidclip.demo_data import draw_moving_shape
 from vidclip.losses import contrastive_loss
 from vidclip.optim import (
     clamp_logit_scale,
@@ -33,7 +32,9 @@ from vidclip.optim import (
     no_weight_decay_names,
 )
 from vidclip.synthetic import write_video
-from vidclip.train import command, loop
+from vidclip.synthetic.demo_data import draw_moving_shape
+from vidclip.train import loop
+from vidclip.train import trainer as command
 
 
 def reset_accelerate():
@@ -199,7 +200,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = command.build_model(config)
+        model = command.create_run_model(config)
         model.clip.set_grad_checkpointing(checkpointing)
         assert model.clip.transformer.grad_checkpointing == checkpointing
         video, tokens = torch.randn(2, 3, 3, 32, 32), torch.randint(1, 400, (2, 32))
@@ -265,7 +266,7 @@ def test_one_step_on_two_processes_equals_one_process(task, data, config_file, t
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 processes" in result.stderr
     torch.manual_seed(0)  # the run's seed: the initial weights
-    start = command.build_model(load_config([config_file], base_args(data, single, *extra))).state_dict()
+    start = command.create_run_model(load_config([config_file], base_args(data, single, *extra))).state_dict()
     assert max_difference(weights(single), start) > 1e-5  # the step moved the weights...
     assert max_difference(weights(single), weights(double)) < 1e-6  # ...the same way on 1 and 2 processes
     for run in (single, double):
@@ -431,3 +432,21 @@ def test_bf16_on_a_gpu_without_it_stops_before_training_with_what_to_use(data, c
     err = capsys.readouterr().err
     assert "Tesla V100" in err and "train.precision=fp16" in err
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("override", ["train.lr=1e6", "train.eps=0"])
+def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    data, config_file, tmp_path, capsys, override
+):
+    out = tmp_path / "run"
+    args = base_args(data, out, "train.max_steps=6", "train.save_every=1", "train.grad_clip=null", override)
+    code = run_train(config_file, args)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "finite (NaN or inf" in err and "training stopped" in err, err
+    step = int(err.split("error: step ")[1].split(":")[0])
+    assert not (out / "model.safetensors").exists()  # no final weights from a diverged run
+    saved = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert saved == [f"step_{s:08d}" for s in range(1, step)]  # every step before the bad one, none after
+    for folder in (out / "checkpoints").glob("step_*"):
+        vidclip.load_checkpoint(folder)  # every kept checkpoint holds finite weights (loading refuses others)

@@ -7,6 +7,7 @@ from bad_corpus import write_rotated, write_variable_frame_rate
 
 import vidclip
 from vidclip.synthetic import decode_all_frames, index_frames, read_frame_index, write_video
+from vidclip.video import load_frames
 
 
 @pytest.mark.parametrize("backend", ["auto", "pyav", "decord", backend_param("torchcodec")])
@@ -20,9 +21,9 @@ def test_single_frame_video_gives_t_copies_and_one_real_frame(tmp_path, backend)
 @pytest.mark.slow
 def test_4k_frames_decode_exactly(tmp_path):
     path = write_video(tmp_path / "uhd.mp4", index_frames(6, 2160, 3840), options={"preset": "ultrafast"})
-    clip = vidclip.load_clip(path, 3)
-    assert clip.frames.shape == (3, 2160, 3840, 3)
-    assert np.array_equal(clip.frames.numpy(), decode_all_frames(path)[clip.indices.numpy()])
+    sampled = load_frames(path, 3)
+    assert sampled.frames.shape == (3, 2160, 3840, 3)
+    assert np.array_equal(sampled.frames.numpy(), decode_all_frames(path)[sampled.indices.numpy()])
 
 
 @pytest.mark.parametrize("name", ["with space.mp4", "vidéo_日本語.mp4", "-dash first.mp4"])
@@ -30,8 +31,8 @@ def test_paths_with_spaces_and_non_ascii_characters(tmp_path, name):
     folder = tmp_path / "a folder ü"
     folder.mkdir()
     path = write_video(folder / name, index_frames(12, 64, 64))
-    clip = vidclip.load_clip(path, 4)
-    assert [read_frame_index(f) for f in clip.frames.numpy()] == clip.indices.tolist()
+    sampled = load_frames(path, 4)
+    assert [read_frame_index(f) for f in sampled.frames.numpy()] == sampled.indices.tolist()
 
 
 @pytest.mark.parametrize("backend", ["auto", backend_param("torchcodec")])
@@ -42,10 +43,10 @@ def test_variable_frame_rate_frames_are_counted_not_timed(tmp_path, backend):
     reference = decode_all_frames(path)
     assert len(reference) == len(gaps)
     for strategy in ("uniform", "random", "tail"):
-        clip = vidclip.load_clip(path, 5, strategy, seed=1, decoder=backend)
-        assert clip.num_total_frames == len(gaps)
-        assert np.array_equal(clip.frames.numpy(), reference[clip.indices.numpy()])
-        assert [read_frame_index(f) for f in clip.frames.numpy()] == clip.indices.tolist()
+        sampled = load_frames(path, 5, strategy, seed=1, decoder=backend)
+        assert sampled.num_total_frames == len(gaps)
+        assert np.array_equal(sampled.frames.numpy(), reference[sampled.indices.numpy()])
+        assert [read_frame_index(f) for f in sampled.frames.numpy()] == sampled.indices.tolist()
 
 
 @pytest.mark.parametrize(("degrees", "white_edge"), [(90, "left"), (-90, "right"), (180, "bottom")])
@@ -55,8 +56,8 @@ def test_rotated_phone_video_comes_out_upright(tmp_path, degrees, white_edge, ba
     frames[:, :8] = 255  # the stored picture's top edge is white
     path = tmp_path / f"rotated_{degrees}.mp4"
     write_rotated(path, frames, degrees)
-    clip = vidclip.load_clip(path, 3, decoder=backend)
-    upright = clip.frames.float().mean(dim=(0, 3))  # (H, W) brightness
+    sampled = load_frames(path, 3, decoder=backend)
+    upright = sampled.frames.float().mean(dim=(0, 3))  # (H, W) brightness
     expected_shape = (48, 64) if degrees == 180 else (64, 48)
     assert tuple(upright.shape) == expected_shape
     edges = {

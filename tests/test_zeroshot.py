@@ -13,9 +13,9 @@ from dataset_fixtures import COMBOS, broken_video, shape_video, touch, write_ucf
 
 import vidclip
 import vidclip.data.recognition  # noqa: F401  (registers ucf101, kinetics...)
-from vidclip import zeroshot as zeroshot_module
+from vidclip.commands import zeroshot as zeroshot_module
+from vidclip.inference.classify import accuracy, label_embeddings, summarize_splits
 from vidclip.templates import TEMPLATE_SETS, get_templates
-from vidclip.zeroshot import accuracy, label_embeddings, summarize_splits
 
 
 def test_template_sets_are_clips_published_lists():
@@ -98,7 +98,7 @@ def test_files_mode_argument_errors_exit_2(clips, capsys, monkeypatch):
     assert zeroshot_module.main([str(clips / "nope.mp4"), "--labels", "a,b", "--model", "tiny"]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     assert zeroshot_module.main([str(clips), "--labels", "a,b"]) == 2
-    assert "name a model" in capsys.readouterr().err
+    assert "say which model" in capsys.readouterr().err
     assert zeroshot_module.main([str(clips), "--labels", "a,b", "--model", "tiny", "--device", "gpu0"]) == 2
     assert "'gpu0' is not a torch device" in capsys.readouterr().err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU

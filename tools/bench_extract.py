@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import vidclip
-from vidclip.extract import main as extract_main
+from vidclip.commands.extract import main as extract_main
 from vidclip.inference import autocast
 from vidclip.synthetic import write_video
 
@@ -59,7 +59,7 @@ def model_bound(
     """Videos/s of encode_video alone, on batches decoded and transformed before the clock starts (whole
     batches only, so a compiled model sees one shape); the median of ``passes`` passes over them."""
     transform = vidclip.get_video_transform(model)
-    clips = [vidclip.load_clip(p, num_frames) for p in paths]
+    clips = [vidclip.load_frames(p, num_frames) for p in paths]
     batches = [
         (
             torch.stack([transform(c.frames) for c in clips[i : i + batch_size]]),

@@ -45,8 +45,8 @@ ALLOCATORS = {"default": {}, "fixed": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
 
 def make_videos(root: Path, count: int, num_frames: int, size: int = 64) -> list[tuple[str, str]]:
     """``count`` captioned clips under ``root/videos`` (kept between runs); (path relative to root, caption)."""
-    from vidclip.demo_data import COLOURS, DIRECTIONS, SHAPES, draw_moving_shape
     from vidclip.synthetic import write_video
+    from vidclip.synthetic.demo_data import COLOURS, DIRECTIONS, SHAPES, draw_moving_shape
 
     combos = [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
     (root / "videos").mkdir(parents=True, exist_ok=True)
@@ -96,8 +96,8 @@ def command_args(command: str, listing: Path, config: Path, out: Path, args: arg
 
 def run_child(command: str, argv: list[str]) -> dict[str, float]:
     """In the child process: run the command's ``main`` here and report this process's peaks."""
-    from vidclip.evaluate import main as eval_main
-    from vidclip.extract import main as extract_main
+    from vidclip.commands.eval import main as eval_main
+    from vidclip.commands.extract import main as extract_main
 
     start = time.perf_counter()
     code = {"extract": extract_main, "eval": eval_main}[command](argv)

@@ -87,14 +87,14 @@ def build_vidclip_step(args: argparse.Namespace, output_dir: str) -> tuple[Calla
     from accelerate.utils import set_seed
 
     from vidclip.optim import create_optimizer, create_scheduler
-    from vidclip.train.command import build_model, create_accelerator
     from vidclip.train.loop import train_step
     from vidclip.train.state import Run
+    from vidclip.train.trainer import create_accelerator, create_run_model
 
     config = load_bench_config(args, output_dir)
     accelerator = create_accelerator(config)
     set_seed(config.train.seed)
-    net = build_model(config)
+    net = create_run_model(config)
     total = config.train.max_steps
     optimizer = create_optimizer(net, config.train)
     scheduler = create_scheduler(optimizer, total, config.train.warmup)

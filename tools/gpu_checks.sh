@@ -8,7 +8,7 @@
 # nvdec end to end against model-bound, and torch.compile), and the bf16 training step. Each writes its output
 # to OUT_DIR (default: ./gpu-checks) as well as to the terminal.
 #
-# Needs vidclip's dependencies and, for nvdec, torchcodec and FFmpeg 4-7 shared libraries. On a machine with
+# Needs vidclip's dependencies and, for nvdec, torchcodec and FFmpeg 4-8 (4-9 from torchcodec 0.16) shared libraries. On a machine with
 # no network, carry wheels (pip download ... -d .whl) and the FFmpeg .deb packages (apt-get download
 # libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libavdevice59 libavfilter8 and their
 # library dependencies), unpack those with `dpkg -x PKG.deb /tmp/ffmpeg` and export

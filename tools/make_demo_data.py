@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vidclip.demo_data import make_caption_dataset
+from vidclip.synthetic.demo_data import make_caption_dataset
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import yaml
 
 import vidclip
-from vidclip.demo_data import COLOURS, SHAPES, draw_moving_shape
+from vidclip.synthetic.demo_data import COLOURS, SHAPES, draw_moving_shape
 
 CLASS_TEXTS = ("a video played forwards", "a video played backwards")
 

@@ -9,11 +9,19 @@ from vidclip.checkpoint import load_checkpoint, save_checkpoint
 from vidclip.heads import list_heads, register_head
 from vidclip.metrics import retrieval_metrics
 from vidclip.model import VideoCLIP, VideoFeatures, create_model, get_tokenizer
-from vidclip.video import VideoDecodeError, get_video_transform, load_clip, load_video, sample_indices
-
-__version__ = "0.1.0"
+from vidclip.version import __version__
+from vidclip.video import (
+    SampledFrames,
+    VideoDecodeError,
+    get_video_transform,
+    load_clip,
+    load_frames,
+    load_video,
+    sample_indices,
+)
 
 __all__ = [
+    "SampledFrames",
     "VideoCLIP",
     "VideoDecodeError",
     "VideoFeatures",
@@ -24,6 +32,7 @@ __all__ = [
     "list_heads",
     "load_checkpoint",
     "load_clip",
+    "load_frames",
     "load_video",
     "register_head",
     "retrieval_metrics",

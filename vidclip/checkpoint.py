@@ -5,7 +5,7 @@ pretrained tag, head and options, frames) and the vidclip version, so the file a
 no download and no pickle. A training run directory holds ``model.safetensors`` at the end and
 ``checkpoints/step_XXXXXXXX/model.safetensors`` along the way; ``load_checkpoint(run_dir)`` takes the final one,
 else the latest step. A step folder also holds what ``vidclip train --resume`` needs (optimizer, scheduler,
-RNG states: Accelerate's ``save_state`` files) and the run's ``config.yaml``; it is written under a hidden
+RNG states, as safetensors and JSON: nothing read back is a pickle) and the run's ``config.yaml``; it is written under a hidden
 name and renamed when complete, so a crash mid-save never leaves a step folder that looks usable.
 """
 
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
+from vidclip.fileio import atomic_path
 from vidclip.model import ModelSpec, VideoCLIP, build_model
 
 WEIGHTS_NAME = "model.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
-_METADATA_KEY = "vidclip_spec"
+SPEC_METADATA_KEY = "vidclip_spec"
 
 
 def step_checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
@@ -44,17 +45,16 @@ def save_checkpoint(model: VideoCLIP, path: str | os.PathLike) -> Path:
     """Write ``model``'s weights and spec to ``path`` (a .safetensors file, or a directory to hold one)."""
     from safetensors.torch import save_file
 
-    from vidclip import __version__
+    from vidclip.version import __version__
 
     path = Path(path)
     if path.suffix != ".safetensors":
         path.mkdir(parents=True, exist_ok=True)
         path = path / WEIGHTS_NAME
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    metadata = {_METADATA_KEY: json.dumps(asdict(model.spec)), "vidclip_version": __version__}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint under the real name
+    metadata = {SPEC_METADATA_KEY: json.dumps(asdict(model.spec)), "vidclip_version": __version__}
+    with atomic_path(path) as tmp:  # a crash never leaves a half-written checkpoint under the real name
+        save_file(state, str(tmp), metadata=metadata)
     return path
 
 
@@ -84,11 +84,20 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             metadata = f.metadata() or {}
     except Exception as err:
         raise ValueError(f"{weights} is not a readable safetensors checkpoint: {err}") from err
-    if _METADATA_KEY not in metadata:
+    if SPEC_METADATA_KEY not in metadata:
         raise ValueError(f"{weights} has no vidclip model spec in its metadata: not written by vidclip")
-    spec = ModelSpec(**json.loads(metadata[_METADATA_KEY]))
+    spec = ModelSpec(**json.loads(metadata[SPEC_METADATA_KEY]))
     model = build_model(spec, load_pretrained=False)
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    state = load_file(str(weights))
+    broken = [
+        name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()
+    ]
+    if broken:  # a run that diverged: every embedding it made would be NaN
+        raise ValueError(
+            f"{weights} holds non-finite weights (NaN or inf) in {len(broken)} tensors, e.g. {broken[:3]}: "
+            "the training run that wrote it diverged; use an earlier checkpoint"
+        )
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"{weights} does not match its model spec: missing {missing[:5]}, unexpected {unexpected[:5]}"

@@ -1,6 +1,6 @@
 """The ``vidclip`` command: dispatches ``vidclip COMMAND ...`` to that command's ``main(argv) -> int``.
 
-Commands live in their own modules and are imported only when called, so ``vidclip --help`` is instant.
+Commands live in :mod:`vidclip.commands`, one module each, imported only when called, so ``vidclip --help`` is instant.
 Multi-GPU: ``accelerate launch -m vidclip COMMAND ...`` or ``torchrun -m vidclip COMMAND ...``.
 """
 
@@ -9,23 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-# name -> (module with main(argv), one-line summary)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("vidclip.train", "train a model from a YAML config (retrieval or classification)"),
-    "eval": (
-        "vidclip.evaluate",
-        "evaluate a checkpoint on a dataset config; prints a table, writes metrics JSON",
-    ),
-    "zeroshot": (
-        "vidclip.zeroshot",
-        "classify videos (or score a labelled dataset) zero-shot against text labels",
-    ),
-    "extract": (
-        "vidclip.extract",
-        "write video embeddings of files/folders/lists to Parquet parts (resumable)",
-    ),
-    "demo": ("vidclip.demo", "offline end-to-end demo on generated videos with the tiny model"),
-}
+from vidclip.commands import COMMANDS
 
 USAGE = """usage: vidclip COMMAND [options]   (vidclip COMMAND --help for a command's options)
 
@@ -53,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from vidclip import __version__
+        from vidclip.version import __version__
 
         print(f"vidclip {__version__}")
         return 0

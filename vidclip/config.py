@@ -10,7 +10,6 @@ No Hydra: it would take over ``main``, argv and the output folder.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 Task = Literal["retrieval", "classification"]
-Precision = Literal["no", "fp16", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+MAX_TIMEOUT = 7 * 24 * 3600.0  # a week: larger "limits" are nonsense (and overflow the interval timer)
+# Other spellings users bring from Accelerate ("no") and PyTorch ("float32"...): mapped, with a hint.
+# YAML reads an unquoted ``no`` as false, which OmegaConf hands a str field as "False".
+_PRECISION_ALIASES = {
+    "no": "fp32",
+    "False": "fp32",
+    "false": "fp32",
+    "float32": "fp32",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+    "half": "fp16",
+}
 Sampling = Literal["uniform", "random", "head", "tail", "fps"]
 Tracker = Literal["tensorboard", "wandb", "none"]
 
@@ -57,7 +69,8 @@ class DataConfig:
     augment: bool = True  # training: one random resized crop + flip per video; false = the eval transform
     fps: float | None = None  # sample among frames at this rate (CLIP4Clip: 1); null = all frames
     decoder: str = "auto"  # auto (PyAV), pyav, decord, torchcodec or nvdec (GPU): vidclip.video.DECODERS
-    num_workers: int = 4  # DataLoader worker processes per training process (decoding happens there)
+    num_workers: int | None = None  # DataLoader worker processes per process; null = min(4, available CPUs)
+    timeout: float = 600.0  # seconds one video's decoding may take before it counts as failed; 0 = no limit
     max_words: int | None = None  # caption length in tokens incl. start/end; null = the model's context
 
 
@@ -75,10 +88,13 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     warmup: float = 0.1  # below 1: a fraction of the total steps; 1 or more: a number of steps
-    precision: Precision = "no"  # Accelerate's mixed_precision
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast); Accelerate's "no" still reads as fp32
     grad_checkpointing: bool = False
     grad_accumulation: int = 1  # retrieval negatives then come from one micro-batch (batch / this) only
     grad_clip: float | None = 1.0  # max global gradient norm; null = no clipping
+    max_skipped_steps: int = (
+        20  # fp16: steps in a row the GradScaler may skip for inf/NaN gradients, then stop
+    )
     logit_scale: float | None = None  # null = the model's learnable one (clamped); a number = fixed
     max_logit_scale: float = 100.0  # the learnable scale is clamped to this after each step (CLIP)
     seed: int = 42
@@ -128,6 +144,37 @@ def load_config(paths: Sequence[str | os.PathLike] = (), overrides: Sequence[str
     return config
 
 
+def normalize_precision(value: str, key: str = "precision") -> Precision:
+    """``value`` in the one precision vocabulary (fp32, bf16, fp16); another common spelling (Accelerate's
+    ``no``, ``float16``...) is mapped with a warning that names the spelling to use; anything else is refused."""
+    import warnings
+
+    if value in PRECISIONS:
+        return value  # type: ignore[return-value]
+    if value in _PRECISION_ALIASES:
+        mapped = _PRECISION_ALIASES[value]
+        warnings.warn(
+            f"{key}: {value!r} is read as {mapped!r}; write {mapped} (the spelling {value!r} goes in a later "
+            "release)",
+            FutureWarning,  # shown by default: the user wrote it, not a library
+            stacklevel=2,
+        )
+        return mapped  # type: ignore[return-value]
+    raise ConfigError(f"{key} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+
+
+def check_timeout(seconds: float, key: str = "--timeout") -> float:
+    """A per-video time limit must be a finite number of seconds, 0 meaning none: ``inf``, ``nan``, ``1e30`` or
+    a negative value would turn every video into a failure (or never fire), so they are refused up front."""
+    import math
+
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_TIMEOUT:
+        raise ConfigError(
+            f"{key} must be 0 (no limit) or a number of seconds up to {MAX_TIMEOUT:g}, got {seconds!r}"
+        )
+    return float(seconds)
+
+
 def _describe(err: Exception) -> str:
     """OmegaConf's message, first line, with the full dotted key it names."""
     key = getattr(err, "full_key", None)
@@ -138,6 +185,8 @@ def _describe(err: Exception) -> str:
 def validate_config(config: Config) -> None:
     """Checks across keys that types alone cannot express; raises ConfigError naming the key."""
     train, model, data = config.train, config.model, config.data
+    train.precision = normalize_precision(train.precision, "train.precision")
+    check_timeout(data.timeout, "data.timeout")
     positive = {
         "model.num_frames": model.num_frames,
         "train.batch_size": train.batch_size,
@@ -166,8 +215,9 @@ def validate_config(config: Config) -> None:
         "train.backbone_lr_scale": train.backbone_lr_scale,
         "train.weight_decay": train.weight_decay,
         "train.warmup": train.warmup,
-        "data.num_workers": data.num_workers,
+        "data.num_workers": data.num_workers if data.num_workers is not None else 0,
         "train.seed": train.seed,
+        "train.max_skipped_steps": train.max_skipped_steps,
     }.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
@@ -176,24 +226,11 @@ def validate_config(config: Config) -> None:
             f"train.batch_size ({train.batch_size}) must be a multiple of train.grad_accumulation "
             f"({train.grad_accumulation}): each accumulation step takes an equal share of the batch"
         )
-    check_data_format(data.format)
     if config.task == "classification" and not data.templates:
         raise ConfigError("data.templates must hold at least one prompt template for classification")
     for template in data.templates:
         if "{}" not in template:
             raise ConfigError(f"data.templates: {template!r} has no '{{}}' for the class name")
-
-
-def check_data_format(name: str) -> None:
-    """``data.format`` must name a registered reader; a typo gets the closest name and the full list."""
-    from vidclip.data import list_formats  # here: vidclip.data imports this module
-
-    formats = list_formats()
-    if name in formats:
-        return
-    close = difflib.get_close_matches(name.lower(), formats, n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"data.format: unknown format {name!r}{hint}; registered formats: {', '.join(formats)}")
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -216,13 +253,10 @@ def config_to_yaml(config: Config) -> str:
 
 
 def save_config(config: Config, path: str | os.PathLike) -> Path:
-    """Write the resolved config as YAML; ``load_config([path])`` gives it back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(config_to_yaml(config))
-    os.replace(tmp, path)
-    return path
+    """Write the resolved config as YAML, atomically; ``load_config([path])`` gives it back."""
+    from vidclip.fileio import write_text_atomic
+
+    return write_text_atomic(path, config_to_yaml(config))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "", keep_empty: bool = True) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from vidclip.heads import InstalledModule, TemporalHead, VideoLayout, create_head
@@ -105,8 +106,8 @@ class VideoCLIP(nn.Module):
         batch, frames = video.shape[:2]
         layout = VideoLayout(batch_size=batch, num_frames=frames, mask=mask)
         with self.head.video_context(layout):
-            features = self.clip.encode_image(video.flatten(0, 1))  # (B*T, D)
-        features = features.view(batch, frames, -1)  # (B, T, D)
+            features = self.clip.encode_image(rearrange(video, "b t c h w -> (b t) c h w"))  # (B*T, D)
+        features = rearrange(features, "(b t) d -> b t d", b=batch)  # (B, T, D)
         pooled = None if self.head.text_conditioned else self.head.pool(features, mask)
         return VideoFeatures(features, mask, pooled)
 

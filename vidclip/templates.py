@@ -1,4 +1,4 @@
-"""Prompt templates for zero-shot classification, and class names made readable for them.
+"""Prompt templates for zero-shot classification (class names are made readable by the data readers).
 
 A template is a sentence with ``{}`` where the class name goes. Named sets:
 
@@ -16,7 +16,6 @@ template's text embedding is normalised, the embeddings of a class are averaged 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 _KINDS = ("photo", "video", "example", "demonstration")
@@ -72,10 +71,3 @@ def get_templates(names_or_templates: Sequence[str]) -> list[str]:
 def build_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
     """Every template filled with every class name, class-major: C x K prompts (what the ensemble expects)."""
     return [template.format(name) for name in class_names for template in templates]
-
-
-def humanize_class_name(name: str) -> str:
-    """A folder-style class name as words for a prompt: UCF101's ``ApplyEyeMakeup`` -> ``apply eye makeup``,
-    HMDB51's ``brush_hair`` -> ``brush hair``. Names already in words are only lower-cased."""
-    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name.replace("_", " "))
-    return " ".join(words.split()).lower()

@@ -19,11 +19,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_type_hints
 
 from vidclip.config import DataConfig
+from vidclip.registry import Registry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -98,9 +99,11 @@ class AnnotationReader:
     """
 
     name: str = ""
+    Options: ClassVar[type] = None  # type: ignore[assignment]  # set below: NoOptions
 
     def __init__(self, config: DataConfig) -> None:
         self.config = config
+        self.options = parse_options(self.Options, config.options, self.name)
 
     def read_retrieval(self, split: Split) -> RetrievalAnnotations:
         raise AnnotationError(
@@ -130,35 +133,52 @@ class AnnotationReader:
         return self.split_file(split).parent
 
 
-FORMATS: dict[str, type[AnnotationReader]] = {}
+@dataclass(frozen=True)
+class NoOptions:
+    """The format takes no ``data.options``."""
+
+
+AnnotationReader.Options = NoOptions
+
+
+def parse_options(schema: type, given: dict[str, Any], format_name: str) -> Any:
+    """``data.options`` as the format's own typed options dataclass: an unknown key or a value of the wrong
+    type is refused naming the key, the format and the options it does take."""
+    known = {option.name: option for option in fields(schema)}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        takes = ", ".join(f"{name} (default {option.default!r})" for name, option in known.items()) or "none"
+        raise AnnotationError(
+            f"data.options.{unknown[0]}: format {format_name!r} has no such option; its options: {takes}"
+        )
+    hints = get_type_hints(schema)
+    for key, value in given.items():
+        expected = hints[key]
+        wrong_bool = expected in (int, float) and isinstance(value, bool)
+        if expected in (int, float, str, bool) and (wrong_bool or not isinstance(value, expected)):
+            raise AnnotationError(
+                f"data.options.{key} must be {expected.__name__} for format {format_name!r}, got {value!r}"
+            )
+    return schema(**given)
+
+
+FORMATS: Registry[type[AnnotationReader]] = Registry("format")
 
 
 def register_format(name: str) -> Callable[[type[AnnotationReader]], type[AnnotationReader]]:
     """Class decorator: make an :class:`AnnotationReader` available as ``data.format: name``."""
-
-    def wrap(cls: type[AnnotationReader]) -> type[AnnotationReader]:
-        if name in FORMATS and FORMATS[name] is not cls:
-            warnings.warn(
-                f"data format {name!r} is registered twice; {cls.__qualname__} replaces it", stacklevel=2
-            )
-        FORMATS[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+    return FORMATS.register(name, attribute="name")
 
 
 def list_formats() -> list[str]:
     """Names of the registered annotation formats."""
-    return sorted(FORMATS)
+    return FORMATS.names()
 
 
 def get_reader(config: DataConfig) -> AnnotationReader:
-    """The reader ``data.format`` names; unknown formats fail with the registered ones."""
+    """The reader ``data.format`` names; unknown formats fail with the closest name and the registered ones."""
     if config.format not in FORMATS:
-        raise AnnotationError(
-            f"data.format: unknown format {config.format!r}; registered formats: {', '.join(list_formats())}"
-        )
+        raise AnnotationError(f"data.format: {FORMATS.unknown(config.format)}")
     return FORMATS[config.format](config)
 
 

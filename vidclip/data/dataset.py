@@ -15,7 +15,9 @@ what one process computes over the same surviving samples.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,7 +26,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from vidclip.config import ConfigError
-from vidclip.video import check_decoder, frames_device, load_clip
+from vidclip.video import check_decoder, frames_device, load_frames
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -83,6 +85,7 @@ class VideoDataset(Dataset):
         seed: int = 0,
         fps: float | None = None,
         decoder: str = "auto",
+        timeout: float = 0.0,
         texts: list[str] | None = None,
         tokenizer: Tokenizer | None = None,
         labels: list[int] | None = None,
@@ -94,7 +97,7 @@ class VideoDataset(Dataset):
         check_decoder(decoder)  # a decoder this machine cannot run fails here, not once per video
         self.paths, self.texts, self.labels, self.tokenizer = paths, texts, labels, tokenizer
         self.num_frames, self.sampling, self.fps, self.decoder = num_frames, sampling, fps, decoder
-        self.transform, self.image_size, self.seed = transform, image_size, seed
+        self.transform, self.image_size, self.seed, self.timeout = transform, image_size, seed, timeout
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -112,21 +115,61 @@ class VideoDataset(Dataset):
         path = self.paths[index]
         generator = seeded_generator(self.seed, epoch, index)
         try:
-            clip = load_clip(
-                path, self.num_frames, self.sampling, fps=self.fps, generator=generator, decoder=self.decoder
-            )
+            with time_limit(self.timeout):
+                clip = load_frames(
+                    path,
+                    self.num_frames,
+                    self.sampling,
+                    fps=self.fps,
+                    generator=generator,
+                    decoder=self.decoder,
+                )
             video = self.transform(clip.frames, generator=generator)  # (T, 3, S, S)
-        except (
-            Exception
-        ) as err:  # any decoder failure costs this sample only (VideoDecodeError, OSError, ...)
+        except Exception as err:  # any failure costs this sample only, and travels as its reason
             size = self.image_size
             return {
                 "video": torch.zeros(self.num_frames, 3, size, size, device=frames_device(self.decoder)),
                 "mask": torch.zeros(self.num_frames, dtype=torch.bool),
                 "valid": False,
-                "error": (path, str(getattr(err, "reason", err))),
+                "error": (path, failure_reason(err, self.timeout)),
             }
         return {"video": video, "mask": clip.mask, "valid": True, "error": None}
+
+
+def failure_reason(err: BaseException, timeout: float = 0.0) -> str:
+    """Why a video could not be used, in one line, the same words in every command."""
+    if isinstance(err, DecodeTimeout):
+        return f"timed out: decoding took longer than {timeout:g} s (--timeout)"
+    if isinstance(err, FileNotFoundError):  # listed but absent: the row already names the path
+        return "no such file"
+    reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
+    return " ".join(str(reason).split())
+
+
+class DecodeTimeout(Exception):
+    """Raised inside a decode that ran past its time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise DecodeTimeout in the block after ``seconds`` (0: no limit), by SIGALRM: DataLoader workers (and the
+    main process with 0 workers) decode in their main thread. The signal is handled between Python steps, e.g.
+    between the frames PyAV decodes; a single blocking C call is interrupted only when it returns. Elsewhere (a
+    GPU decoder's read-ahead thread) no limit applies."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise DecodeTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class TextDataset(Dataset):
@@ -181,7 +224,10 @@ class CaptionTokenizer:
         return torch.nn.functional.pad(tokens, (0, self.context_length - tokens.shape[1]))
 
 
-def ignore_interrupts_in_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: Ctrl-C reaches the whole process group; only the trainer handles it
-    (it stops at a step boundary and saves), so workers must not die from it mid-epoch."""
+def init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` of every loader: Ctrl-C reaches the whole process group, and only the main
+    process handles it (the trainer stops at a step boundary and saves, extract writes what it has), so workers
+    must not die from it; and a worker decodes one video at a time with one thread (the workers already run in
+    parallel: more threads each only compete for the cores)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)

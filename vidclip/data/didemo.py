@@ -18,7 +18,9 @@ while downloads differ (AWS mirror: ``x.mov.mp4``; re-encoded sets: ``x.mp4``), 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vidclip.data.base import (
     AnnotationError,
@@ -29,12 +31,17 @@ from vidclip.data.base import (
     read_lines,
     register_format,
 )
-from vidclip.data.lookup import VideoIndex, drop_missing
+from vidclip.data.lookup import FileLookup, drop_missing
 
 
 @register_format("didemo")
 class DidemoReader(AnnotationReader):
     """DiDeMo moments joined into one paragraph per video; videos found by name or stem."""
+
+    @dataclass(frozen=True)
+    class Options:
+        # true: the *_list.txt beside each *_data.json, if there; false: no list; {split: path}: these lists
+        split_lists: Any = True
 
     def read_retrieval(self, split: Split) -> RetrievalAnnotations:
         path = self.split_file(split)
@@ -45,7 +52,7 @@ class DidemoReader(AnnotationReader):
             if not paragraphs:
                 raise AnnotationError(f"{path}: no video of it is in the split list ({len(allowed)} names)")
         root = self.video_root(split)
-        index = VideoIndex(root)
+        index = FileLookup(root)
         records = [VideoRecord(index.find(video) or video, video) for video in paragraphs]
         annotations = RetrievalAnnotations(
             records, list(paragraphs.values()), list(range(len(records))), root
@@ -54,7 +61,7 @@ class DidemoReader(AnnotationReader):
 
     def _split_list(self, split: Split, path: Path) -> set[str] | None:
         """Names from the split list (explicit option, else ``*_list.txt`` beside the json), or None."""
-        option = self.config.options.get("split_lists", True)
+        option = self.options.split_lists
         if option is False:
             return None
         if isinstance(option, dict) and option.get(split):

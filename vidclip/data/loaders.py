@@ -23,7 +23,7 @@ from vidclip.data.dataset import (
     VideoDataset,
     collate,
     create_caption_tokenizer,
-    ignore_interrupts_in_worker,
+    init_worker,
 )
 from vidclip.data.lookup import ensure_checked
 from vidclip.model import VideoCLIP
@@ -64,7 +64,7 @@ def _loader(dataset, batch_size: int, num_workers: int, seed: int, sampler=None)
         drop_last=sampler is not None,  # training: full global batches only (the sampler already cuts)
         num_workers=num_workers,
         collate_fn=collate,
-        worker_init_fn=ignore_interrupts_in_worker,
+        worker_init_fn=init_worker,
         persistent_workers=num_workers
         > 0,  # safe: items depend on (seed, epoch, index) only, no worker state
         generator=torch.Generator().manual_seed(seed),
@@ -83,6 +83,7 @@ def create_train_data(config: Config, model: VideoCLIP, tokenizer: Tokenizer, mi
         seed=seed,
         fps=data.fps,
         decoder=data.decoder,
+        timeout=data.timeout,
     )
     if isinstance(annotations, RetrievalAnnotations):  # one item per caption, with its video
         paths = annotations.video_paths()
@@ -115,6 +116,7 @@ def create_eval_data(
         image_size=model.image_size,
         fps=config.data.fps,
         decoder=config.data.decoder,
+        timeout=config.data.timeout,
         labels=annotations.labels if isinstance(annotations, ClassificationAnnotations) else None,
     )
     workers, seed = loader_workers(config.data.decoder, config.data.num_workers), config.train.seed

@@ -3,7 +3,7 @@
 Annotation files name videos by id; users keep the files in whatever layout and container their download
 gave them: MSR-VTT's ``video7020.mp4`` (or ``.webm``), DiDeMo ids that carry the original Flickr extension
 (``x.mov``) while the files were often re-encoded (``x.mp4``, or ``x.mov.mp4`` from the AWS mirror), Kinetics
-clips flat or in one folder per label, UCF101's ``.avi`` re-encoded to ``.mp4``. :class:`VideoIndex` finds a
+clips flat or in one folder per label, UCF101's ``.avi`` re-encoded to ``.mp4``. :class:`FileLookup` finds a
 file by name or by stem anywhere under a root.
 
 Readers end with :func:`drop_missing`: videos whose file does not exist are dropped (with their captions),
@@ -25,7 +25,8 @@ from vidclip.data.base import (
     RetrievalAnnotations,
     VideoRecord,
 )
-from vidclip.inputs import VIDEO_EXTENSIONS
+from vidclip.data.files import VIDEO_EXTENSIONS
+from vidclip.fileio import walk_files
 
 logger = logging.getLogger("vidclip.data")
 SHOWN = 5  # missing ids named in a warning
@@ -52,28 +53,18 @@ def _stem(name: str) -> str:
     return os.path.splitext(name)[0]
 
 
-class VideoIndex:
+class FileLookup:
     """Every file under ``root`` (hidden ones skipped), looked up by file name or, for video files, by stem."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self._by_name: dict[str, str] = {}
         self._by_stem: dict[str, str] = {}
-        seen: set[str] = set()
-        for folder, dirs, files in os.walk(self.root, followlinks=True):
-            real = os.path.realpath(folder)
-            if real in seen:  # a symlinked folder seen before: never walk into a loop
-                dirs.clear()
-                continue
-            seen.add(real)
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                if name.startswith("."):
-                    continue
-                relative = os.path.relpath(os.path.join(folder, name), self.root)
-                self._by_name.setdefault(name, relative)
-                if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
-                    self._by_stem.setdefault(_stem(name), relative)
+        for path in walk_files(self.root):
+            relative, name = os.path.relpath(path, self.root), os.path.basename(path)
+            self._by_name.setdefault(name, relative)
+            if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+                self._by_stem.setdefault(_stem(name), relative)
 
     def __len__(self) -> int:
         return len(self._by_name)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -36,12 +37,16 @@ from vidclip.data.base import (
     read_lines,
     register_format,
 )
-from vidclip.data.lookup import VideoIndex, drop_missing, logger
+from vidclip.data.lookup import FileLookup, drop_missing, logger
 
 
 @register_format("msrvtt")
 class MsrvttReader(AnnotationReader):
     """MSR-VTT's ``MSRVTT_data.json`` plus a split CSV (9k / 7k train, 1k-A test) or a list of video ids."""
+
+    @dataclass(frozen=True)
+    class Options:
+        extension: str = ".mp4"  # the suffix of the video files, {video_id}{extension}
 
     def read_retrieval(self, split: Split) -> RetrievalAnnotations:
         path = self.split_file(split)
@@ -74,13 +79,13 @@ class MsrvttReader(AnnotationReader):
 
     def _locate(self, video_ids: list[str], root: Path) -> list[VideoRecord]:
         """``{id}{extension}`` under the root, else a file with that stem, else the default (then missing)."""
-        extension = str(self.config.options.get("extension", ".mp4"))
-        index: VideoIndex | None = None
+        extension = self.options.extension
+        index: FileLookup | None = None
         records = []
         for video in video_ids:
             name = f"{video}{extension}"
             if not (root / name).is_file():
-                index = index or VideoIndex(root)
+                index = index or FileLookup(root)
                 name = index.find(video) or name
             records.append(VideoRecord(name, video))
         return records

@@ -30,6 +30,8 @@ A video listed but not on disk under its expected name is looked up by stem (``.
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -44,9 +46,9 @@ from vidclip.data.base import (
     read_lines,
     register_format,
 )
-from vidclip.data.lookup import VideoIndex, drop_missing
-from vidclip.inputs import VIDEO_EXTENSIONS
-from vidclip.templates import humanize_class_name
+from vidclip.data.files import VIDEO_EXTENSIONS
+from vidclip.data.lookup import FileLookup, drop_missing
+from vidclip.fileio import walk_files
 
 
 def split_location(reader: AnnotationReader, split: Split) -> Path:
@@ -60,9 +62,14 @@ def split_location(reader: AnnotationReader, split: Split) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class SplitOptions:
+    split_id: int = 1  # which of the dataset's three official splits
+
+
 def split_id(reader: AnnotationReader) -> int:
     """``data.options.split_id``: which of a dataset's official splits (1, 2 or 3)."""
-    value = reader.config.options.get("split_id", 1)
+    value = reader.options.split_id
     if value not in (1, 2, 3):
         raise AnnotationError(f"data.options.split_id must be 1, 2 or 3, got {value!r}")
     return int(value)
@@ -73,12 +80,12 @@ class _Locator:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._index: VideoIndex | None = None
+        self._index: FileLookup | None = None
 
     def __call__(self, relative: str) -> str:
         if (self.root / relative).is_file():
             return relative
-        self._index = self._index or VideoIndex(self.root)
+        self._index = self._index or FileLookup(self.root)
         return self._index.find(os.path.basename(relative)) or relative
 
 
@@ -170,6 +177,8 @@ def read_class_index(path: Path) -> list[str]:
 class Ucf101Reader(AnnotationReader):
     """UCF101's ``ucfTrainTestlist``: ``classInd.txt`` and ``{train,test}list0N.txt``."""
 
+    Options = SplitOptions
+
     def read_classification(self, split: Split) -> ClassificationAnnotations:
         path = self._list_file(split)
         class_file = Path(self.config.class_names or path.parent / "classInd.txt")
@@ -210,6 +219,8 @@ class Ucf101Reader(AnnotationReader):
 @register_format("hmdb51")
 class Hmdb51Reader(AnnotationReader):
     """HMDB51's ``testTrainMulti_7030_splits``: ``<class>_test_split{1,2,3}.txt`` with 1 = train, 2 = test."""
+
+    Options = SplitOptions
 
     def read_classification(self, split: Split) -> ClassificationAnnotations:
         folder = split_location(self, split)
@@ -286,12 +297,11 @@ def _subfolders(folder: Path) -> list[str]:
 
 
 def _video_files(folder: Path) -> list[str]:
-    found = []
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [
-            os.path.join(parent, name)
-            for name in sorted(files)
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
-        ]
-    return found
+    return list(walk_files(folder, VIDEO_EXTENSIONS))
+
+
+def humanize_class_name(name: str) -> str:
+    """A folder-style class name as words for a prompt: UCF101's ``ApplyEyeMakeup`` -> ``apply eye makeup``,
+    HMDB51's ``brush_hair`` -> ``brush hair``. Names already in words are only lower-cased."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name.replace("_", " "))
+    return " ".join(words.split()).lower()

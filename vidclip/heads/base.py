@@ -16,13 +16,14 @@ by name. ``VideoCLIP`` branches once on ``text_conditioned``, never on a head's 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+from vidclip.registry import Registry
 
 
 class InstalledModule(nn.Module):
@@ -88,43 +89,25 @@ class TemporalHead(nn.Module):
         return text @ self.pool(frames, mask).T
 
 
-HEADS: dict[str, type[TemporalHead]] = {}
+HEADS: Registry[type[TemporalHead]] = Registry("head")
 
 
 def register_head(name: str) -> Callable[[type[TemporalHead]], type[TemporalHead]]:
     """Class decorator: make a head available as ``create_model(..., head=name)``."""
-
-    def wrap(cls: type[TemporalHead]) -> type[TemporalHead]:
-        if name in HEADS and HEADS[name] is not cls:
-            warnings.warn(
-                f"head {name!r} is registered twice; {cls.__module__}.{cls.__name__} replaces it",
-                stacklevel=2,
-            )
-        HEADS[name] = cls
-        cls.head_name = name
-        return cls
-
-    return wrap
+    return HEADS.register(name, attribute="head_name")
 
 
 def list_heads() -> list[str]:
     """Names of the registered temporal heads."""
-    return sorted(HEADS)
+    return HEADS.names()
 
 
 def create_head(name: str, **options) -> TemporalHead:
     """Build a registered head from its keyword options; unknown names and options fail with the valid ones."""
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; available heads: {', '.join(list_heads())}")
+        raise ValueError(HEADS.unknown(name))
     cls = HEADS[name]
     try:
         return cls(**options)
     except TypeError as err:
         raise ValueError(f"bad options for head {name!r}: {err}") from err
-
-
-def masked_mean(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """frames: (B, T, D), mask: (B, T) bool -> mean over valid frames (B, D); a video with none gives zeros."""
-    valid = mask.unsqueeze(-1)  # (B, T, 1)
-    count = valid.sum(dim=1).clamp_min(1).to(frames.dtype)  # CLIP4Clip divides by 1 when no frame is valid
-    return frames.masked_fill(~valid, 0.0).sum(dim=1) / count  # masked_fill: even NaN padding is dropped

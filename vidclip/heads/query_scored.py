@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from vidclip.heads.base import TemporalHead, register_head
+from vidclip.heads.layers import zero_padding
 
 _EPS = 1e-8  # the reference code's floor on every norm
 
@@ -52,7 +53,7 @@ class QueryScoredHead(TemporalHead):
 
     def score(self, text: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """text: (N, D) L2-normalised, frames: (B, T, D), mask: (B, T) -> cosine similarities (N, B)."""
-        frames = frames.masked_fill(~mask.unsqueeze(-1), 0.0)  # padded frames may hold anything, even NaN
+        frames = zero_padding(frames, mask)  # padded frames may hold anything, even NaN
         size = self.video_chunk_size
         blocks = [
             self._score_block(text, f, m) for f, m in zip(frames.split(size), mask.split(size), strict=True)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from vidclip.heads.base import register_head
+from vidclip.heads.layers import clip_embed_dim, require_attached, run_on_valid_frames, zero_padding
 from vidclip.heads.mean import MeanHead
-from vidclip.heads.seq_transformer import clip_embed_dim
 
 
 @register_head("seq_lstm")
@@ -38,26 +37,9 @@ class SeqLSTMHead(MeanHead):
         width = clip_embed_dim(clip)
         self.lstm = nn.LSTM(input_size=width, hidden_size=width, num_layers=1, batch_first=True)
 
-    def pool(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """frames: (B, T, D), mask: (B, T) -> L2-normalised video embeddings (B, D)."""
-        return super().pool(self.encode_frames(frames, mask), mask)
-
     def encode_frames(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """frames: (B, T, D), mask: (B, T) -> LSTM states plus frames (B, T, D); padded positions hold zeros."""
-        if self.lstm is None:
-            raise RuntimeError(
-                "the seq_lstm head is not attached to a CLIP model (build it with create_model)"
-            )
-        frames = frames.masked_fill(~mask.unsqueeze(-1), 0.0).to(self.lstm.weight_ih_l0.dtype)
-        # Real frames first, in their order; packing needs >= 1 step (an empty video's output is discarded later).
-        order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)  # (B, T)
-        index = order.unsqueeze(-1).expand_as(frames)  # (B, T, D)
-        lengths = mask.sum(dim=1).clamp_min(1).cpu()
-        packed = pack_padded_sequence(
-            frames.gather(1, index), lengths, batch_first=True, enforce_sorted=False
-        )
-        self.lstm.flatten_parameters()  # keeps cuDNN's weight layout contiguous after .to(device)
-        states, _ = self.lstm(packed)
-        states, _ = pad_packed_sequence(states, batch_first=True, total_length=frames.shape[1])  # (B, T, D)
-        states = torch.zeros_like(states).scatter(1, index, states)  # back to the original frame positions
-        return states.masked_fill(~mask.unsqueeze(-1), 0.0) + frames
+        lstm = require_attached(self.lstm, "seq_lstm")
+        frames = zero_padding(frames, mask).to(lstm.weight_ih_l0.dtype)  # (B, T, D)
+        lstm.flatten_parameters()  # keeps cuDNN's weight layout contiguous after .to(device)
+        return zero_padding(run_on_valid_frames(lstm, frames, mask), mask) + frames

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vidclip.heads.base import register_head
+from vidclip.heads.layers import clip_embed_dim, key_padding_bias, require_attached, zero_padding
 from vidclip.heads.mean import MeanHead
 
 if TYPE_CHECKING:
@@ -87,41 +88,19 @@ class SeqTransformerHead(MeanHead):
         if text is not None and self.init_from_text:
             init_from_text_tower(self.position_embedding, self.transformer, text)
 
-    def pool(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """frames: (B, T, D), mask: (B, T) -> L2-normalised video embeddings (B, D)."""
-        return super().pool(self.encode_frames(frames, mask), mask)
-
     def encode_frames(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """frames: (B, T, D), mask: (B, T) -> temporally contextualised frame features (B, T, D), unnormalised."""
-        if self.transformer is None:
-            raise RuntimeError(
-                "the seq_transformer head is not attached to a CLIP model (build it with create_model)"
-            )
+        transformer = require_attached(self.transformer, "seq_transformer")
         num_frames = frames.shape[1]
         if num_frames > self.position_embedding.num_embeddings:
             raise ValueError(
                 f"frames has {num_frames} frames; this head holds {self.position_embedding.num_embeddings}"
             )
         weight = self.position_embedding.weight  # (P, D)
-        frames = frames.masked_fill(~mask.unsqueeze(-1), 0.0).to(weight.dtype)  # padding may hold anything
+        frames = zero_padding(frames, mask).to(weight.dtype)  # padding may hold anything
         x = frames + weight[:num_frames]  # (B, T, D)
-        bias = key_padding_bias(
-            mask, self.transformer.resblocks[0].attn.num_heads, x.dtype
-        )  # (B*heads, T, T)
-        return self.transformer(x, attn_mask=bias) + frames  # the residual skips the position embeddings
-
-
-def key_padding_bias(mask: torch.Tensor, heads: int, dtype: torch.dtype) -> torch.Tensor:
-    """mask: (B, T) -> additive attention bias (B*heads, T, T): -inf on padded keys, 0 elsewhere.
-
-    A video with no real frame attends to all of them (its output is discarded by the masked mean) so that no
-    softmax row is all -inf.
-    """
-    valid = mask | ~mask.any(dim=1, keepdim=True)  # (B, T)
-    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~valid, float("-inf"))
-    frames = mask.shape[1]
-    # nn.MultiheadAttention reads a 3-D mask batch-major: row b * heads + h
-    return bias[:, None, :].expand(-1, frames, -1).repeat_interleave(heads, dim=0)
+        bias = key_padding_bias(mask, transformer.resblocks[0].attn.num_heads, x.dtype)  # (B*heads, T, T)
+        return transformer(x, attn_mask=bias) + frames  # the residual skips the position embeddings
 
 
 def init_like_clip4clip(module: nn.Module) -> None:
@@ -162,16 +141,3 @@ def text_tower(clip: nn.Module, width: int) -> nn.Module | None:
         return None  # e.g. a Hugging Face text tower
     plain_blocks = all(type(block) is ResidualAttentionBlock for block in transformer.resblocks)
     return tower if plain_blocks and transformer.width == width else None
-
-
-def clip_embed_dim(clip: nn.Module) -> int:
-    """The width D of ``clip``'s image and text embeddings (what ``encode_image`` returns)."""
-    for tower in (clip.visual, getattr(clip, "text", None)):
-        if isinstance(getattr(tower, "output_dim", None), int):
-            return tower.output_dim
-    projection = getattr(clip, "text_projection", None)  # (text width, D) on open_clip's CLIP
-    if isinstance(projection, nn.Parameter):
-        return projection.shape[1]
-    raise ValueError(
-        f"cannot tell the embedding width of {type(clip).__name__}: no output_dim or text_projection"
-    )

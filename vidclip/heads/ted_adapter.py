@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from vidclip.heads.base import HeadContext, InstalledModule, register_head
+from vidclip.heads.layers import WrappedBlock, zero_padding
 from vidclip.heads.mean import MeanHead
 
 
@@ -38,37 +40,32 @@ class TEDAdapter(InstalledModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layout = self._context.require_layout(x.shape[0])
-        batch, frames = layout.batch_size, layout.num_frames
-        tokens, width = x.shape[1:]
-        valid = layout.mask.view(batch, frames, 1, 1)  # (B, T, 1, 1) bool
-        video = x.view(batch, frames, tokens, width)  # (B, T, L, C)
-        difference = F.pad(self.difference(video[:, :, 1:], valid), (0, 0, 1, 0))  # nothing for the CLS token
-        return (video + self.enhance(video, valid) + difference).view(batch * frames, tokens, width)
+        video = rearrange(x, "(b t) l c -> b t l c", b=layout.batch_size)  # (B, T, L, C)
+        difference = F.pad(self.difference(video[:, :, 1:], layout.mask), (0, 0, 1, 0))  # nothing for CLS
+        out = video + self.enhance(video, layout.mask) + difference  # (B, T, L, C)
+        return rearrange(out, "b t l c -> (b t) l c")  # (B*T, L, C)
 
-    def enhance(self, video: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, T, L, C) -> (B, T, L, C): a depthwise temporal convolution per token position."""
-        batch, frames, tokens, _ = video.shape
-        h = self.enhance_down(video).masked_fill(~valid, 0.0)  # (B, T, L, Cb); masked_fill drops even NaN
-        h = h.permute(0, 2, 3, 1).reshape(batch * tokens, -1, frames)  # (B*L, Cb, T)
-        h = self.enhance_conv(h)
-        h = h.view(batch, tokens, -1, frames).permute(0, 3, 1, 2)  # (B, T, L, Cb)
+    def enhance(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, L, C), mask (B, T) -> (B, T, L, C): a depthwise temporal convolution per token position."""
+        h = zero_padding(self.enhance_down(video), mask)  # (B, T, L, Cb)
+        h = self.enhance_conv(rearrange(h, "b t l c -> (b l) c t"))  # (B*L, Cb, T)
+        h = rearrange(h, "(b l) c t -> b t l c", b=video.shape[0])  # (B, T, L, Cb)
         return self.enhance_up(h)
 
-    def difference(self, patches: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, T, P, C) patch tokens -> (B, T, P, C): spatially filtered frame-to-frame differences."""
-        batch, frames, num_patches, _ = patches.shape
+    def difference(self, patches: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, P, C) patch tokens, mask (B, T) -> (B, T, P, C): spatially filtered frame-to-frame differences."""
+        num_patches = patches.shape[2]
         side = int(round(num_patches**0.5))
         if side * side != num_patches:
             raise ValueError(f"ted_adapter needs a square patch grid, got {num_patches} patch tokens")
         previous = torch.cat([patches[:, :1], patches[:, :-1]], dim=1)  # frame t-1 (frame 0 itself at t = 0)
-        both_valid = valid & torch.cat([valid[:, :1], valid[:, :-1]], dim=1)
-        h = self.diff_down((patches - previous).masked_fill(~both_valid, 0.0))  # (B, T, P, Cb)
-        h = h.view(batch, frames, side, side, -1).permute(0, 4, 1, 2, 3)  # (B, Cb, T, H, W)
-        h = self.diff_conv(h).permute(0, 2, 3, 4, 1).reshape(batch, frames, num_patches, -1)
-        return self.diff_up(h)
+        both_valid = mask & torch.cat([mask[:, :1], mask[:, :-1]], dim=1)  # (B, T)
+        h = self.diff_down(zero_padding(patches - previous, both_valid))  # (B, T, P, Cb)
+        h = self.diff_conv(rearrange(h, "b t (y x) c -> b c t y x", y=side))  # (B, Cb, T, H, W)
+        return self.diff_up(rearrange(h, "b c t y x -> b t (y x) c"))  # (B, T, P, C)
 
 
-class AdaptedBlock(nn.Module):
+class AdaptedBlock(WrappedBlock):
     """open_clip's ResidualAttentionBlock with an adapter between its attention and MLP residuals.
 
     The adapter's output replaces the residual stream (M2-CLIP's ``adapter_pre_mlp``). It calls the wrapped
@@ -79,9 +76,6 @@ class AdaptedBlock(nn.Module):
     def __init__(self, block: nn.Module, adapter: TEDAdapter) -> None:
         super().__init__()
         self.block, self.adapter = block, adapter
-
-    def get_weight_dtype(self) -> torch.dtype:  # open_clip's Transformer.get_cast_dtype asks block 0
-        return self.block.get_weight_dtype()
 
     def forward(self, q_x, k_x=None, v_x=None, attn_mask=None):  # open_clip's call signature
         block = self.block
@@ -105,9 +99,9 @@ class FrameAdapter(nn.Module):
             nn.init.zeros_(param)
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.down(frames).masked_fill(~mask.unsqueeze(-1), 0.0)  # (B, T, D/2)
-        h = self.conv(h.transpose(1, 2)).transpose(1, 2)  # convolve over T
-        return frames + self.up(h)
+        h = zero_padding(self.down(frames), mask)  # (B, T, D/2)
+        h = self.conv(rearrange(h, "b t c -> b c t"))  # (B, D/2, T): convolve over T
+        return frames + self.up(rearrange(h, "b c t -> b t c"))  # (B, T, D)
 
 
 @register_head("ted_adapter")
@@ -177,8 +171,6 @@ class TEDAdapterHead(MeanHead):
         if self.use_frame_adapter:
             self.frame_adapter = FrameAdapter(visual.output_dim).to(dtype)
 
-    def pool(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """frames: (B, T, D), mask: (B, T) -> L2-normalised video embeddings (B, D)."""
-        if self.frame_adapter is not None:
-            frames = self.frame_adapter(frames, mask)
-        return super().pool(frames, mask)
+    def encode_frames(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """frames: (B, T, D), mask: (B, T) -> frames through the frame adapter, if any (B, T, D)."""
+        return frames if self.frame_adapter is None else self.frame_adapter(frames, mask)

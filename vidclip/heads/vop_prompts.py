@@ -9,23 +9,17 @@ added after the position embeddings, so they carry no position and CLIP's own to
 from __future__ import annotations
 
 import torch
+from einops import rearrange, repeat
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from vidclip.heads.base import HeadContext, InstalledModule
+from vidclip.heads.layers import WrappedBlock, key_padding_bias, run_on_valid_frames, zero_padding
 
 PROMPT_STD = 0.02  # VoP's init, N(0, 0.02) (ModelScope vop_retrieval: VisualPromptLearner, TextPromptLearner)
 
 
 def prompt_tokens(*shape: int) -> nn.Parameter:
     return nn.Parameter(nn.init.normal_(torch.empty(*shape), std=PROMPT_STD))
-
-
-class WrappedBlock(nn.Module):
-    """Base of the wrappers that stand in for an open_clip block in ``resblocks`` (``self.block``)."""
-
-    def get_weight_dtype(self) -> torch.dtype:  # open_clip's Transformer.get_cast_dtype asks block 0
-        return self.block.get_weight_dtype()
 
 
 class PromptContext(HeadContext):
@@ -61,16 +55,8 @@ class ContextPromptGenerator(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, cls: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        batch, frames, width = cls.shape
-        order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)  # real frames first, in order
-        lengths = mask.sum(dim=1).clamp_min(1).cpu()
-        packed = pack_padded_sequence(
-            cls.gather(1, order.unsqueeze(-1).expand_as(cls)), lengths, batch_first=True, enforce_sorted=False
-        )
-        hidden, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=frames)
-        index = order.unsqueeze(-1).expand_as(hidden)
-        hidden = torch.zeros_like(hidden).scatter(1, index, hidden)  # (B, T, 2C), back in frame order
-        return self.proj(hidden).view(batch, frames, -1, width)
+        hidden = run_on_valid_frames(self.lstm, cls, mask)  # (B, T, 2C), in frame order
+        return rearrange(self.proj(hidden), "b t (n c) -> b t n c", c=cls.shape[-1])  # (B, T, n, C)
 
 
 class FramePrompts(InstalledModule):
@@ -85,17 +71,17 @@ class FramePrompts(InstalledModule):
     def forward(self, cls: torch.Tensor, mask: torch.Tensor, context: PromptContext) -> torch.Tensor:
         """cls: (B, T, C) CLS tokens entering the layer, mask: (B, T) -> prompts (B*T, n, C)."""
         batch, frames, _ = cls.shape
-        parts = [self.shared.expand(batch, frames, -1, -1)]
+        parts = [repeat(self.shared, "n c -> b t n c", b=batch, t=frames)]  # (B, T, n, C) each
         if self.per_position is not None:
             if frames > self.per_position.shape[0]:
                 raise ValueError(
                     f"video has {frames} frames; vop's frame-position prompts exist for "
                     f"{self.per_position.shape[0]} (the model's num_frames)"
                 )
-            parts.append(self.per_position[:frames].expand(batch, -1, -1, -1))
+            parts.append(repeat(self.per_position[:frames], "t n c -> b t n c", b=batch))
         if self.num_context:
             parts.append(context.generator(cls, mask))
-        return torch.cat(parts, dim=2).flatten(0, 1)
+        return rearrange(torch.cat(parts, dim=2), "b t n c -> (b t) n c")  # (B*T, n, C)
 
     def no_weight_decay(self) -> set[str]:
         return {"shared", "per_position"} if self.per_position is not None else {"shared"}
@@ -117,7 +103,7 @@ class PromptedBlock(WrappedBlock):
 
     def forward(self, q_x, k_x=None, v_x=None, attn_mask=None):  # open_clip's call signature
         layout = self._context.require_layout(q_x.shape[0])
-        cls = q_x[:, 0].view(layout.batch_size, layout.num_frames, -1)  # (B, T, C)
+        cls = rearrange(q_x[:, 0], "(b t) c -> b t c", b=layout.batch_size)  # (B, T, C)
         prompts = self.prompts(cls, layout.mask, self._context).to(q_x.dtype)  # (B*T, n, C)
         if self._prompt_norm[0] is not None:
             prompts = self._prompt_norm[0](prompts)
@@ -153,29 +139,19 @@ class JointBlock(WrappedBlock):
     def forward(self, q_x, k_x=None, v_x=None, attn_mask=None):
         layout = self._context.require_layout(q_x.shape[0])
         batch, frames = layout.batch_size, layout.num_frames
-        cls = q_x[:, 0].view(batch, frames, -1)  # (B, T, C)
+        cls = rearrange(q_x[:, 0], "(b t) c -> b t c", b=batch)  # (B, T, C)
         position = self.prompts.frame_position
         if position is not None:
             if frames > position.shape[0]:
                 raise ValueError(f"video has {frames} frames; vop's F variant embeds {position.shape[0]}")
             cls = cls + position[:frames].to(cls.dtype)
-        cls = cls.masked_fill(~layout.mask.unsqueeze(-1), 0.0)  # padding may hold anything, even NaN
-        prompts = self.prompts.tokens.to(cls.dtype).expand(batch, -1, -1)  # (B, n, C)
-        heads = self.block.attn.num_heads
-        bias = joint_attention_bias(layout.mask, prompts.shape[1], heads, cls.dtype)  # (B*heads, T+n, T+n)
-        x = self.block(torch.cat([cls, prompts], dim=1), attn_mask=bias)
-        return x[:, :frames].reshape(batch * frames, 1, -1)
-
-
-def joint_attention_bias(
-    mask: torch.Tensor, num_prompts: int, heads: int, dtype: torch.dtype
-) -> torch.Tensor:
-    """mask: (B, T) -> additive bias (B*heads, T+n, T+n): -inf on padded frames as keys, 0 elsewhere."""
-    valid = mask | ~mask.any(dim=1, keepdim=True)  # a video without real frames: no all -inf row
-    keys = torch.cat([valid, valid.new_ones(valid.shape[0], num_prompts)], dim=1)  # (B, T+n)
-    bias = torch.zeros(keys.shape, dtype=dtype, device=mask.device).masked_fill(~keys, float("-inf"))
-    size = keys.shape[1]
-    return bias[:, None, :].expand(-1, size, -1).repeat_interleave(heads, dim=0)  # row b * heads + h
+        cls = zero_padding(cls, layout.mask)  # padding may hold anything, even NaN
+        prompts = repeat(self.prompts.tokens.to(cls.dtype), "n c -> b n c", b=batch)  # (B, n, C)
+        heads, count = self.block.attn.num_heads, prompts.shape[1]
+        # padded frames are hidden as keys, the prompts never are
+        bias = key_padding_bias(layout.mask, heads, cls.dtype, num_extra_keys=count)  # (B*heads, T+n, T+n)
+        x = self.block(torch.cat([cls, prompts], dim=1), attn_mask=bias)  # (B, T+n, C)
+        return rearrange(x[:, :frames], "b t c -> (b t) 1 c")  # (B*T, 1, C)
 
 
 class TextPrompts(InstalledModule):
@@ -206,10 +182,10 @@ class PromptedTextBlock(WrappedBlock):
     def forward(self, q_x, k_x=None, v_x=None, attn_mask=None):
         texts, length, _ = q_x.shape
         eot = self._context.require_eot(texts)
-        prompts = self.prompts.tokens.to(q_x.dtype).expand(texts, -1, -1)  # (N, n, C)
+        prompts = repeat(self.prompts.tokens.to(q_x.dtype), "p c -> n p c", n=texts)  # (N, n, C)
         bias = text_prompt_bias(attn_mask, eot, length, self.prompts.num_prefix, prompts.shape[1])
         heads = self.block.attn.num_heads
-        bias = bias.to(q_x.dtype).repeat_interleave(heads, dim=0)  # (N*heads, L+n, L+n)
+        bias = repeat(bias.to(q_x.dtype), "n q k -> (n h) q k", h=heads)  # row n * heads + h
         return self.block(torch.cat([q_x, prompts], dim=1), attn_mask=bias)[:, :length]
 
 
@@ -229,7 +205,7 @@ def text_prompt_bias(
         bias[:, :length, :length] = per_text  # a per-head (N*heads, L, L) mask is the same for every head
     position = torch.arange(length, device=eot.device)
     blocked = torch.tensor(float("-inf"), device=eot.device)
-    sees_prefix = (position >= 1).expand(texts, -1)  # SOT comes before the prefix
+    sees_prefix = repeat(position >= 1, "l -> n l", n=texts)  # SOT comes before the prefix
     sees_suffix = position >= eot.unsqueeze(1)  # (N, L): the suffix comes right before EOT
     bias[:, :length, length : length + num_prefix] = torch.where(sees_prefix, 0.0, blocked).unsqueeze(-1)
     bias[:, :length, length + num_prefix :] = torch.where(sees_suffix, 0.0, blocked).unsqueeze(-1)

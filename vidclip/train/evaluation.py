@@ -3,7 +3,8 @@ the next collective).
 
 Each process encodes its share of the videos (and captions); ``gather_for_metrics`` assembles all of them,
 dropping the samples Accelerate repeated to even out the last batch, and every process computes the same
-metrics. Videos that cannot be decoded count as misses: their similarity column is -inf.
+metrics. Videos that cannot be decoded (or time out) follow the failure policy of every command: they are
+dropped with their captions and counted, so validation scores a split exactly as ``vidclip eval`` does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vidclip.inference.retrieval import keep_decoded
 from vidclip.losses import class_embeddings
 from vidclip.metrics import retrieval_metrics
 from vidclip.model import VideoFeatures
@@ -55,33 +57,49 @@ def embed_texts(run: Run, loader: DataLoader) -> torch.Tensor:
     )
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
-    """logits: (V, C) -> top-1 and top-5 accuracy in percent over all V videos; invalid ones count as wrong."""
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """logits: (V, C) -> top-1 and top-5 accuracy in percent over the V videos."""
     metrics = {}
     for k in (1, 5):
         top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (V, k)
-        hit = (top == labels[:, None]).any(dim=1) & valid
-        metrics[f"top{k}"] = 100.0 * hit.float().mean().item()
+        metrics[f"top{k}"] = 100.0 * (top == labels[:, None]).any(dim=1).float().mean().item()
     return metrics
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> dict[str, float]:
-    """``val/``-prefixed metrics: retrieval R@1/5/10, MdR, MnR both ways, or classification top-1/top-5."""
+def validate(run: Run) -> dict[str, float]:
+    """``val/``-prefixed metrics: retrieval R@1/5/10, MdR, MnR both ways, or classification top-1/top-5, over
+    the videos that decoded (failed ones dropped with their captions, as ``vidclip eval`` drops them)."""
     run.model.eval()
     with run.accelerator.autocast():
         video, fields = embed_videos(run, run.val.videos)
+        valid = fields["valid"]
+        _warn_failed(valid)
         if run.class_tokens is None:
-            sim = run.net.similarity(embed_texts(run, run.val.texts), video).float()  # (N_text, V)
-            sim = sim.masked_fill(~fields["valid"][None, :], float("-inf"))
-            metrics = retrieval_metrics(sim, run.val.text_to_video)
+            keep, text_to_video = keep_decoded(run.val.text_to_video, valid)
+            text = embed_texts(run, run.val.texts)[keep.to(valid.device)]
+            sim = run.net.similarity(text, video[valid]).float()  # (N_kept, V_decoded)
+            metrics = retrieval_metrics(sim, text_to_video)
         else:
+            if not bool(valid.any()):
+                raise ValueError(f"none of the {len(valid)} validation videos could be decoded")
             classes = class_embeddings(run.net.encode_text(run.class_tokens), len(run.config.data.templates))
-            logits = run.net.similarity(classes, video).T.float()  # (V, C)
-            metrics = accuracy(logits, fields["label"], fields["valid"])
+            logits = run.net.similarity(classes, video[valid]).T.float()  # (V_decoded, C)
+            metrics = accuracy(logits, fields["label"][valid])
     run.model.train()
     run.evaluated_step = run.state.step
     return {f"val/{key}": value for key, value in metrics.items()}
+
+
+def _warn_failed(valid: torch.Tensor) -> None:
+    failed = int((~valid).sum())
+    if failed:
+        from accelerate.logging import get_logger
+
+        get_logger(__name__).warning(
+            f"validation: {failed} of {len(valid)} videos could not be decoded and were dropped (with their "
+            "captions), as vidclip eval drops them"
+        )
 
 
 def log_metrics(run: Run, metrics: dict[str, float], echo: bool = True) -> None:

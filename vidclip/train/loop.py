@@ -5,6 +5,7 @@ stops cleanly on a signal.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -15,8 +16,8 @@ import torch
 
 from vidclip.losses import class_embeddings, classification_loss, contrastive_loss
 from vidclip.optim import clamp_logit_scale
-from vidclip.train.evaluation import evaluate, log_metrics
-from vidclip.train.state import save_state
+from vidclip.train.evaluation import log_metrics, validate
+from vidclip.train.state import TrainingDiverged, save_state
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -45,12 +46,36 @@ def train_step(run: Run, batch: dict[str, Any]) -> torch.Tensor:
         with accelerator.autocast():  # the loss's similarity runs outside the model's own forward
             loss = compute_loss(run, batch)
         accelerator.backward(loss)
-        if accelerator.sync_gradients and clip:
-            accelerator.clip_grad_norm_(run.model.parameters(), clip)
+        if accelerator.sync_gradients:  # the norm is of DDP-averaged gradients: the same on every process
+            norm = accelerator.clip_grad_norm_(run.model.parameters(), clip or math.inf)
+            check_finite(run, norm, loss)
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
     return loss.detach()
+
+
+def check_finite(run: Run, grad_norm: torch.Tensor, loss: torch.Tensor) -> None:
+    """Stop before an optimizer step on non-finite gradients. Under fp16 the GradScaler skips such steps and
+    lowers its scale, so up to ``train.max_skipped_steps`` in a row are let through first."""
+    if bool(torch.isfinite(grad_norm)):
+        run.skipped_steps = 0
+        return
+    if run.accelerator.mixed_precision == "fp16":
+        run.skipped_steps += 1
+        if run.skipped_steps <= run.config.train.max_skipped_steps:
+            return
+    step, cfg = run.state.step + 1, run.config.train
+    kept = (
+        f"the last checkpoint, step {run.saved_step}, is kept"
+        if run.saved_step >= 0
+        else "no checkpoint was written"
+    )
+    raise TrainingDiverged(
+        f"step {step}: the loss is {loss.item():.4g} and the gradients are not finite (NaN or inf), so training "
+        f"stopped before this step could spoil the weights; {kept}. The usual causes: too high a learning rate "
+        f"(train.lr={cfg.lr:g}), train.eps={cfg.eps:g}, or fp16 overflow (try bf16)"
+    )
 
 
 def record_failures(run: Run, batch: dict[str, Any]) -> None:
@@ -169,7 +194,7 @@ def after_step(run: Run, meter: LossMeter, bar) -> None:
     if cfg.save_every and step % cfg.save_every == 0:
         save_state(run)
     if cfg.eval_every and step % cfg.eval_every == 0 and run.val is not None:
-        log_metrics(run, evaluate(run))
+        log_metrics(run, validate(run))
 
 
 def fit(run: Run, stop: StopSignal) -> bool:

@@ -1,34 +1,69 @@
-"""What a training run holds, and how it is checkpointed and resumed through Accelerate's save/load_state.
+"""What a training run holds, and how it is checkpointed and resumed without unpickling anything.
 
-A step checkpoint ``checkpoints/step_XXXXXXXX/`` holds vidclip's own ``model.safetensors`` (weights + model
-spec: ``vidclip.load_checkpoint`` reads it, no Accelerate needed) in place of Accelerate's copy of the model,
-plus Accelerate's optimizer, scheduler, RNG states and the :class:`TrainState`, and the run's config.yaml.
-It is written under a hidden name and renamed once every process has written its part.
+A step checkpoint ``checkpoints/step_XXXXXXXX/`` holds::
+
+    model.safetensors        weights + model spec (vidclip.load_checkpoint reads it, no Accelerate needed)
+    optimizer.safetensors    the optimizer's tensors; its param groups as JSON in the file's metadata
+    scheduler.json           the LambdaLR's state without its lambdas (code: the config rebuilds them)
+    train_state.json         the step, Accelerate's micro-batch counter, the videos that failed to decode
+    rng_state_{rank}.json    each process's Python, NumPy, torch (and CUDA) random generator states
+    scaler.json              the GradScaler's state (train.precision=fp16 only)
+    config.yaml              the run's config
+
+Accelerate's save_state/load_state are not used: they unpickle their files, and a crafted pickle in a run
+folder would run code on ``--resume``. Everything here is read as JSON, safetensors or YAML (OmegaConf's safe
+loader), checked against what this run would write, and refused naming the file and why; resume then falls
+back to the checkpoint before. The folder is written under a hidden name and renamed once every process has
+written its part. The data loader keeps no state: its position follows from the step (see TrainState).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vidclip.checkpoint import SPEC_METADATA_KEY as SPEC_KEY
 from vidclip.checkpoint import WEIGHTS_NAME, list_step_checkpoints, save_checkpoint, step_checkpoint_dir
-from vidclip.config import Config, ConfigError, diff_configs, load_config, save_config
+from vidclip.config import Config, ConfigError, diff_configs, flatten, load_config, save_config
 from vidclip.model import VideoCLIP
+from vidclip.train.checkpoint_files import (
+    CheckpointFileError,
+    conform,
+    metadata_json,
+    read_json,
+    read_rng,
+    read_safetensors,
+    reading,
+    rng_state,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from vidclip.data.loaders import EvalData, TrainData
 
+STATE_NAME = "train_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+SCHEDULER_NAME = "scheduler.json"
+SCALER_NAME = "scaler.json"
+CONFIG_NAME = "config.yaml"
+
+
+def rng_state_name(rank: int) -> str:
+    return f"rng_state_{rank}.json"
+
 
 @dataclass
 class TrainState:
-    """The loop's own state beyond model/optimizer/scheduler/RNG (registered with Accelerate for save_state).
+    """The loop's own state beyond model/optimizer/scheduler/RNG (``train_state.json``).
 
     The position inside an epoch is not stored: it follows from ``step`` and the steps per epoch, because the
     data order is a function of (seed, epoch).
@@ -36,12 +71,6 @@ class TrainState:
 
     step: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # video path -> why it could not be decoded
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "failed": dict(self.failed)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.failed = int(state["step"]), dict(state["failed"])
 
 
 @dataclass
@@ -62,6 +91,7 @@ class Run:
     state: TrainState = field(default_factory=TrainState)
     saved_step: int = -1  # the step of the latest checkpoint written or loaded
     evaluated_step: int = -1
+    skipped_steps: int = 0  # fp16: optimizer steps skipped in a row for non-finite gradients
 
 
 def preflight(config: Config, resume: bool) -> None:
@@ -86,26 +116,6 @@ def preflight(config: Config, resume: bool) -> None:
         )
 
 
-def register_checkpoint_hooks(run: Run) -> None:
-    """Make Accelerate's save_state/load_state write and read vidclip's weights file instead of its own."""
-    from safetensors.torch import load_file
-
-    accelerator = run.accelerator
-
-    def save_model(models: list, weights: list, output_dir: str) -> None:
-        if accelerator.is_main_process:
-            save_checkpoint(run.net, output_dir)
-        weights.clear()  # Accelerate then writes no second copy
-
-    def load_model(models: list, input_dir: str) -> None:
-        run.net.load_state_dict(load_file(os.path.join(input_dir, WEIGHTS_NAME)))
-        models.clear()
-
-    accelerator.register_save_state_pre_hook(save_model)
-    accelerator.register_load_state_pre_hook(load_model)
-    accelerator.register_for_checkpointing(run.state)
-
-
 def merge_failures(run: Run) -> None:
     """Every process learns every process's decoding failures (a collective: all processes call it)."""
     from accelerate.utils import gather_object
@@ -115,18 +125,40 @@ def merge_failures(run: Run) -> None:
             run.state.failed.update(part)
 
 
+# -- writing -----------------------------------------------------------------------------------------------
+class TrainingDiverged(RuntimeError):
+    """The loss, the gradients or the weights stopped being finite: training stops, and nothing non-finite is
+    saved, so the last checkpoint is the last good one."""
+
+
+def check_weights_finite(run: Run) -> None:
+    """Refuse to checkpoint weights that hold NaN or inf (e.g. Adam with train.eps=0 divides 0 by 0)."""
+    bad = [name for name, p in run.net.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        kept = f"step {run.saved_step}" if run.saved_step >= 0 else "none was written"
+        raise TrainingDiverged(
+            f"step {run.state.step}: the weights are no longer finite (NaN or inf in {len(bad)} tensors, e.g. "
+            f"{bad[0]}), so training stopped without saving them; the last good checkpoint: {kept}. The usual "
+            f"causes: too high a learning rate (train.lr={run.config.train.lr:g}), train.eps="
+            f"{run.config.train.eps:g}, or fp16 overflow (try bf16)"
+        )
+
+
 def save_state(run: Run) -> Path:
     """Write ``checkpoints/step_XXXXXXXX`` (all processes call it) and return the folder."""
+    check_weights_finite(run)
     accelerator, step = run.accelerator, run.state.step
     merge_failures(run)
     final = step_checkpoint_dir(run.config.output_dir, step)
     partial = final.with_name(f".incomplete_{final.name}")
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))  # every process writes its RNG state
     if accelerator.is_main_process:
-        save_config(run.config, partial / "config.yaml")
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    write_json(partial / rng_state_name(accelerator.process_index), rng_state())  # every process its own
+    if accelerator.is_main_process:
+        write_main_files(run, partial)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -137,6 +169,188 @@ def save_state(run: Run) -> Path:
     return final
 
 
+def write_main_files(run: Run, folder: Path) -> None:
+    """The main process's part of a step checkpoint: everything but the other processes' RNG states."""
+    from safetensors.torch import save_file
+
+    save_checkpoint(run.net, folder)
+    optimizer = run.optimizer.state_dict()
+    tensors = {  # AdamW's state is all tensors
+        f"{index}/{name}": value.detach().contiguous().cpu()
+        for index, entries in optimizer["state"].items()
+        for name, value in entries.items()
+    }
+    groups = json.dumps(optimizer["param_groups"])
+    save_file(tensors, str(folder / OPTIMIZER_NAME), metadata={"param_groups": groups})
+    write_json(folder / SCHEDULER_NAME, scheduler_state(run.scheduler))
+    if run.accelerator.scaler is not None:
+        write_json(folder / SCALER_NAME, run.accelerator.scaler.state_dict())
+    state = {"step": run.state.step, "accelerator_step": run.accelerator.step, "failed": run.state.failed}
+    write_json(folder / STATE_NAME, state)
+    save_config(run.config, folder / CONFIG_NAME)
+
+
+def scheduler_state(scheduler: Any) -> dict[str, Any]:
+    """The schedule's state without ``lr_lambdas`` (functions; the config rebuilds them)."""
+    return {key: value for key, value in scheduler.state_dict().items() if key != "lr_lambdas"}
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+def read_model(path: Path, net: VideoCLIP) -> Callable[[], None]:
+    """Check ``model.safetensors`` fits ``net``: the same spec (else a ConfigError saying what changed),
+    the same tensor names and shapes."""
+    tensors, metadata = read_safetensors(path)
+    saved = metadata_json(path, metadata, SPEC_KEY)
+    if not isinstance(saved, dict):
+        raise CheckpointFileError(path, f"{SPEC_KEY} in its metadata: expected an object")
+    changed = spec_changes(saved, json.loads(json.dumps(asdict(net.spec))))  # tuples as JSON has them
+    if changed:
+        raise ConfigError(
+            f"--resume: {path} was saved for another model than the config describes "
+            f"({'; '.join(changed)}): resume with the saved config ({path.parent / CONFIG_NAME}) or choose "
+            "another output_dir"
+        )
+    shapes = {name: list(tensor.shape) for name, tensor in net.state_dict().items()}
+    conform(path, "tensors", {name: list(tensor.shape) for name, tensor in tensors.items()}, shapes)
+    return lambda: net.load_state_dict(tensors)
+
+
+def spec_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``model.key: old -> new`` for every field of the two model specs that differs."""
+    a, b = flatten(old, keep_empty=False), flatten(new, keep_empty=False)
+    name = {"model_name": "name"}
+    return [
+        f"model.{name.get(key, key)}: {a.get(key)!r} -> {b.get(key)!r}"
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key) != b.get(key)
+    ]
+
+
+def read_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """The optimizer state in ``optimizer.safetensors``, checked against this run's param groups."""
+    tensors, metadata = read_safetensors(path)
+    current = optimizer.state_dict()
+    groups = conform(
+        path, "param_groups", metadata_json(path, metadata, "param_groups"), current["param_groups"]
+    )
+    if [g["params"] for g in groups] != [g["params"] for g in current["param_groups"]]:
+        raise CheckpointFileError(path, "its param groups hold other parameters than this run's")
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        index, _, name = key.partition("/")
+        if not (index.isdigit() and int(index) < len(params) and name):
+            raise CheckpointFileError(path, f"unexpected tensor {key!r}")
+        shape = list(params[int(index)].shape)
+        if tensor.ndim and list(tensor.shape) != shape:  # moments have their parameter's shape, the step none
+            raise CheckpointFileError(path, f"{key} has shape {list(tensor.shape)}, its parameter {shape}")
+        state.setdefault(int(index), {})[name] = tensor
+    return lambda: optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def read_scheduler(path: Path, scheduler: Any) -> Callable[[], None]:
+    saved = conform(path, "", read_json(path), scheduler_state(scheduler))
+    lambdas = scheduler.state_dict().get("lr_lambdas")  # None per plain function: nothing to restore
+    return lambda: scheduler.load_state_dict(
+        {**saved, **({} if lambdas is None else {"lr_lambdas": lambdas})}
+    )
+
+
+def read_train_state(path: Path, run: Run, step: int) -> Callable[[], None]:
+    saved = read_json(path)
+    failed = saved.get("failed") if isinstance(saved, dict) else None
+    like = {
+        "step": 0,
+        "accelerator_step": 0,
+        "failed": dict.fromkeys(failed, "") if isinstance(failed, dict) else {},
+    }
+    saved = conform(path, "", saved, like)
+    if not all(isinstance(reason, str) for reason in saved["failed"].values()):
+        raise CheckpointFileError(path, "failed: expected video -> reason strings")
+    if saved["step"] != step:
+        raise CheckpointFileError(path, f"step {saved['step']!r} in the checkpoint of step {step}")
+    micro = saved["accelerator_step"]
+    if not isinstance(micro, int) or micro < 0:
+        raise CheckpointFileError(path, f"accelerator_step: expected a count, found {micro!r}")
+
+    def apply() -> None:
+        run.state.step, run.state.failed = step, dict(saved["failed"])
+        run.accelerator.step = micro  # where gradient accumulation is in its cycle
+
+    return apply
+
+
+def read_scaler(path: Path, scaler: Any) -> Callable[[], None]:
+    saved = conform(path, "", read_json(path), scaler.state_dict())
+    return lambda: scaler.load_state_dict(saved)
+
+
+def load_step_checkpoint(run: Run, folder: Path, step: int) -> None:
+    """Read and check every file of ``folder`` this run needs, then apply them all (nothing is applied when a
+    file is refused, except by a failure while applying: the caller then loads an older checkpoint whole)."""
+    from accelerate.logging import get_logger
+
+    rank, scaler = run.accelerator.process_index, run.accelerator.scaler
+    readers: dict[str, Callable[[Path], Callable[[], None]]] = {
+        WEIGHTS_NAME: lambda path: read_model(path, run.net),  # first: a changed model is a ConfigError
+        OPTIMIZER_NAME: lambda path: read_optimizer(path, run.optimizer),
+        SCHEDULER_NAME: lambda path: read_scheduler(path, run.scheduler),
+        STATE_NAME: lambda path: read_train_state(path, run, step),
+        rng_state_name(rank): read_rng,
+    }
+    if scaler is not None:
+        readers[SCALER_NAME] = lambda path: read_scaler(path, scaler)
+    optional = {rng_state_name(rank): "saved by fewer processes", SCALER_NAME: "saved without fp16"}
+    appliers = []
+    for name, read in readers.items():
+        if name in optional and not (folder / name).exists():
+            get_logger(__name__).warning(
+                f"{folder} has no {name} ({optional[name]}?): that state starts fresh",
+                main_process_only=False,
+            )
+            continue
+        with reading(folder / name):
+            appliers.append((name, read(folder / name)))
+    for name, apply in appliers:
+        with reading(folder / name):
+            apply()
+
+
+def load_latest_readable(run: Run, checkpoints: list[tuple[int, Path]]) -> Path:
+    """Load the newest step checkpoint that reads back whole; a refused one is reported and the one before used.
+
+    Each load replaces the whole state (weights, optimizer, scheduler, RNG, loop position), so a checkpoint that
+    failed half-way leaves nothing behind once an older one has loaded. Every process loads the same one.
+    """
+    from accelerate.logging import get_logger
+
+    logger = get_logger(__name__)
+    for step, folder in reversed(checkpoints):
+        try:
+            load_step_checkpoint(run, folder, step)
+            error = None
+        except CheckpointFileError as err:
+            error = str(err)
+            logger.warning(
+                f"checkpoint {folder} is refused ({error}); trying the one before", main_process_only=False
+            )
+        if not failed_anywhere(run.accelerator, error is not None):
+            return folder
+        if error is None:
+            logger.warning(f"checkpoint {folder} is refused by another process; trying the one before")
+    raise RuntimeError(
+        f"no readable checkpoint in {Path(run.config.output_dir) / 'checkpoints'}: every step checkpoint was "
+        "refused (see the warnings above); remove them to start over"
+    )
+
+
+def failed_anywhere(accelerator: Accelerator, failed: bool) -> bool:
+    """True on every process when ``failed`` is true on any (a collective on several processes)."""
+    if accelerator.num_processes == 1:
+        return failed
+    return bool(accelerator.reduce(torch.tensor(float(failed), device=accelerator.device), "sum") > 0)
+
+
 def resume_or_start(run: Run, resume: bool) -> None:
     """With ``resume``, load the latest step checkpoint if there is one; write the run's config.yaml."""
     from accelerate.logging import get_logger
@@ -145,7 +359,13 @@ def resume_or_start(run: Run, resume: bool) -> None:
     checkpoints = list_step_checkpoints(output)
     if resume and checkpoints:
         folder = load_latest_readable(run, checkpoints)
-        changed = diff_configs(load_config([folder / "config.yaml"]), run.config)
+        try:
+            changed = diff_configs(load_config([folder / CONFIG_NAME]), run.config)
+        except (
+            Exception
+        ) as err:  # ConfigError, or a file that is not text at all: only the comparison is lost
+            logger.warning(f"cannot compare with the saved config {folder / CONFIG_NAME}: {err}")
+            changed = []
         if changed:
             logger.warning(
                 "resuming with a config that differs from the saved one:\n  " + "\n  ".join(changed)
@@ -156,30 +376,6 @@ def resume_or_start(run: Run, resume: bool) -> None:
         logger.info(f"--resume: no checkpoint in {output} yet, starting from step 0")
     if run.accelerator.is_main_process:
         save_config(run.config, output / "config.yaml")
-
-
-def load_latest_readable(run: Run, checkpoints: list[tuple[int, Path]]) -> Path:
-    """Load the newest step checkpoint that reads back whole; a corrupt one is reported and the one before used.
-
-    Each load replaces the whole state (weights, optimizer, scheduler, RNG, loop position), so a checkpoint that
-    failed half-way leaves nothing behind once an older one has loaded.
-    """
-    from accelerate.logging import get_logger
-
-    logger = get_logger(__name__)
-    for _, folder in reversed(checkpoints):
-        try:
-            run.accelerator.load_state(str(folder))
-            return folder
-        except Exception as err:  # truncated safetensors, a torn optimizer file, unreadable config ...
-            reason = " ".join(str(err).split())[:200]
-            logger.warning(
-                f"checkpoint {folder} is unreadable ({type(err).__name__}: {reason}); trying the one before"
-            )
-    raise RuntimeError(
-        f"no readable checkpoint in {Path(run.config.output_dir) / 'checkpoints'}: every step checkpoint failed to "
-        "load (see the warnings above); remove them to start over"
-    )
 
 
 def write_failures(run: Run) -> None:

@@ -1,4 +1,7 @@
-"""Readable reasons for videos that cannot be decoded.
+"""The video package's errors, and readable reasons for videos that cannot be decoded.
+
+:class:`VideoDecodeError`: one file cannot be decoded; :class:`DecoderUnavailableError`: a decoder this
+machine cannot run; :class:`UnknownDecoderError`: a decoder name that nobody registered.
 
 Decoders fail with FFmpeg's terse text ("moov atom not found", "Invalid data found when processing input").
 :func:`diagnose` turns that into a reason a user can act on: empty, not a video, truncated, no video stream.
@@ -28,6 +31,14 @@ class VideoDecodeError(ValueError):
         self.path = os.fspath(path)
         self.reason = reason
         super().__init__(f"cannot decode video {self.path!r}: {reason}")
+
+
+class DecoderUnavailableError(RuntimeError):
+    """A decoder that this machine cannot run (library, system libraries or GPU missing); says what to install."""
+
+
+class UnknownDecoderError(ValueError):
+    """A decoder name that is neither ``auto`` nor registered; the message lists the registered ones."""
 
 
 def _looks_like_container(path: str) -> bool:

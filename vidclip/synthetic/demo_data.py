@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidclip.synthetic import write_video
+from vidclip.synthetic.videos import write_video
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from vidclip.commands.common import positive_int
+
 EPILOG = """example:
   vidclip demo                 # generate 32 videos in a temporary folder and run everything on them
   vidclip demo --workdir demo  # keep the generated videos and results in ./demo
@@ -31,11 +33,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="folder for generated data (default: a temp dir)"
     )
-    parser.add_argument("--num-frames", type=int, default=8, help="frames sampled per video (default 8)")
+    parser.add_argument(
+        "--num-frames", type=positive_int, default=8, help="frames sampled per video (default 8)"
+    )
     parser.add_argument(
         "--head", default="mean", help="temporal head to train (default mean; try seq_transformer)"
     )
-    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300, about a minute)")
+    parser.add_argument(
+        "--steps", type=positive_int, default=300, help="training steps (default 300, about a minute)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -80,7 +86,7 @@ def embed_dataset(model, csv_path: Path, num_frames: int) -> tuple[torch.Tensor,
 
     table = pd.read_csv(csv_path)
     transform = vidclip.get_video_transform(model, train=False)
-    clips = [vidclip.load_clip(csv_path.parent / name, num_frames) for name in table["video"]]
+    clips = [vidclip.load_frames(csv_path.parent / name, num_frames) for name in table["video"]]
     video = torch.stack([transform(clip.frames) for clip in clips])  # (V, T, 3, S, S)
     mask = torch.stack([clip.mask for clip in clips])  # (V, T)
     with torch.no_grad():
@@ -95,7 +101,7 @@ def print_metrics(metrics: dict[str, float]) -> None:
 def main(argv: list[str] | None = None) -> int:
     import vidclip
     from vidclip.config import load_config
-    from vidclip.demo_data import make_caption_dataset
+    from vidclip.synthetic.demo_data import make_caption_dataset
     from vidclip.train import train
 
     args = parse_args(argv)

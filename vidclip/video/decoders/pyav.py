@@ -1,4 +1,5 @@
-"""The PyAV (FFmpeg) backend: exact frames by timestamp, seeking only where that saves decoding.
+"""The ``pyav`` backend (FFmpeg through PyAV), the one ``auto`` picks: exact frames by timestamp, seeking
+only where that saves decoding.
 
 Opening demuxes the packet headers once (no decoding) into a frame table: every frame's presentation
 timestamp (frame i has the i-th smallest), and which frames the container marks as seek points. Packets an
@@ -6,10 +7,11 @@ edit list discards (a cut made with ``ffmpeg -ss ... -c copy``) are left out, as
 frames too. ``get_frames`` seeks to the latest seek point before a wanted frame only when that skips frames,
 decodes forward and keeps the frames whose timestamps are wanted, so a seek that lands early can never shift
 the result by one. On the way it skips the frames that no other frame refers to (most B-frames) unless they
-are wanted, which changes no decoded pixel and saves a third of the work on long keyframe intervals. Containers mark some frames as seek points that a decoder cannot start from (H.264 I-frames
-that are not IDR, in x264 streams without B-frames and lossless RGB x264): a seek that does not start on a
-decoded key frame is distrusted and an earlier seek point used instead. Streams without timestamps, or with
-frames no seek reaches, are decoded in order from the start, counting frames as the reference decode does.
+are wanted, which changes no decoded pixel and saves a third of the work on long keyframe intervals.
+Containers mark some frames as seek points that a decoder cannot start from (H.264 I-frames that are not
+IDR, in x264 streams without B-frames and lossless RGB x264): a seek that does not start on a decoded key
+frame is distrusted and an earlier seek point used instead. Streams without timestamps, or with frames no
+seek reaches, are decoded in order from the start, counting frames as the reference decode does.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from vidclip.video.decoders.base import in_worker_process, register_decoder
 from vidclip.video.errors import VideoDecodeError, diagnose
 
 log = logging.getLogger(__name__)
 
 
+@register_decoder("pyav", auto_preference=0)  # the only one auto picks: exact on every file tested
 class PyAVReader:
     """CPU decoding with PyAV; ``get_frames`` returns uint8 (k, H, W, 3) RGB frames in the order asked, turned
     upright where the file stores a display rotation (phone videos)."""
@@ -48,7 +52,7 @@ class PyAVReader:
             self._seek_points = []  # missing or repeated timestamps cannot name frames: decode in order
 
     def _open(self):
-        import av  # lazy: optional at import time
+        import av  # lazy: `import vidclip` loads no decoder library
 
         try:
             container = av.open(self.path)
@@ -165,14 +169,6 @@ class PyAVReader:
 
     def close(self) -> None:
         self._container.close()
-
-
-def in_worker_process() -> bool:
-    """Whether this runs in a DataLoader worker, where videos are decoded in parallel across processes and
-    threads within one decode only compete for the same cores (tools/bench_extract.py measured the gain)."""
-    from torch.utils.data import get_worker_info
-
-    return get_worker_info() is not None
 
 
 def upright_rgb(frame) -> torch.Tensor:

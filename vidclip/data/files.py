@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from vidclip.fileio import walk_files
+
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .wmv .mpg .mpeg .ts .mts .m2ts .3gp .ogv".split()
 )
@@ -37,7 +39,7 @@ def find_videos(sources: list[str]) -> list[str]:
 
 def _expand(source: str) -> Iterator[str]:
     if os.path.isdir(source):
-        yield from _walk(source)
+        yield from walk_files(source, VIDEO_EXTENSIONS)
     elif not os.path.isfile(source):
         raise FileNotFoundError(f"no such file or folder: {source}")
     elif _extension(source) in LIST_EXTENSIONS:
@@ -55,21 +57,6 @@ def read_video_list(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
         lines = [line.strip() for line in f]
     return [os.path.join(folder, line) for line in lines if line and not line.startswith("#")]
-
-
-def _walk(folder: str) -> Iterator[str]:
-    """Video files under ``folder``, sorted, following symlinked folders but never into a loop."""
-    seen: set[str] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs.clear()
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and _extension(name) in VIDEO_EXTENSIONS:
-                yield os.path.join(root, name)
 
 
 def _extension(path: str) -> str:

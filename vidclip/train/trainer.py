@@ -1,27 +1,28 @@
-"""``vidclip train``: parse the command line, build the run, prepare it once with Accelerate, run the loop."""
+"""Training as a function of a config: build the run, prepare it once with Accelerate, run the loop, finish.
+
+``vidclip train`` (:mod:`vidclip.commands.train`) parses the command line and calls :func:`train`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vidclip.checkpoint import WEIGHTS_NAME, save_checkpoint, step_checkpoint_dir
-from vidclip.config import Config, ConfigError, config_to_dict, flatten, load_config
-from vidclip.inference import check_precision
-from vidclip.model import VideoCLIP, WeightsDownloadError, create_model
+from vidclip.config import Config, ConfigError, config_to_dict, flatten
+from vidclip.inference.runtime import check_precision
+from vidclip.model import VideoCLIP, create_model
 from vidclip.optim import configure_logit_scale, create_optimizer, create_scheduler
-from vidclip.train.evaluation import evaluate, log_metrics
+from vidclip.train.evaluation import log_metrics, validate
 from vidclip.train.loop import StopSignal, fit
 from vidclip.train.state import (
     Run,
+    TrainingDiverged,
     preflight,
-    register_checkpoint_hooks,
     resume_or_start,
     save_state,
     write_failures,
@@ -31,51 +32,6 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
 EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
-EPILOG = """examples:
-  vidclip train --config configs/demo.yaml
-  vidclip train --config configs/retrieval/msrvtt_seqtransf.yaml train.lr=5e-5 output_dir=runs/lr5e-5
-  vidclip train --config configs/demo.yaml --resume          # continue from the latest checkpoint
-  vidclip train --config configs/retrieval/msrvtt_meanp.yaml train.precision=fp16   # GPUs without bf16 (V100, T4)
-  accelerate launch --multi_gpu --num_processes 8 -m vidclip train --config configs/retrieval/msrvtt_meanp.yaml
-  torchrun --nproc_per_node 8 -m vidclip train --config configs/retrieval/msrvtt_meanp.yaml
-"""
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="vidclip train",
-        description="Train a VideoCLIP from YAML configs (later files and key=value overrides win).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--config", action="append", required=True, help="YAML config; repeat to merge several"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the latest checkpoint in output_dir"
-    )
-    parser.add_argument("overrides", nargs="*", help="config overrides as key.sub=value (e.g. train.lr=1e-5)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The ``vidclip train`` command: 0 when done, 2 for a bad config or data setting, 130 when interrupted."""
-    from vidclip.data import AnnotationError
-
-    args = parse_args(argv)
-    if not logging.getLogger().handlers:  # libraries warn; vidclip also says what it does
-        logging.basicConfig(
-            level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
-        )
-        logging.getLogger("vidclip").setLevel(logging.INFO)
-    try:
-        return train(load_config(args.config, args.overrides), resume=args.resume)
-    except (ConfigError, AnnotationError, WeightsDownloadError) as err:
-        print(f"vidclip train: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vidclip train: interrupted; exiting without saving", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 def train(config: Config, resume: bool = False) -> int:
@@ -87,22 +43,29 @@ def train(config: Config, resume: bool = False) -> int:
     accelerator = create_accelerator(config)
     set_seed(config.train.seed)  # before building: the same initial weights on every process and every run
     run = setup(config, accelerator)
-    register_checkpoint_hooks(run)
     resume_or_start(run, resume)
     accelerator.init_trackers(config.train.project_name, config=tracker_config(config))
     describe(run)
-    with StopSignal() as stop:  # also while the last checkpoint is written: a repeat signal must not cut it
-        completed = fit(run, stop)
-        if completed:
-            finish(run)
-        else:
-            step = run.state.step
-            folder = (
-                save_state(run) if run.saved_step != step else step_checkpoint_dir(config.output_dir, step)
-            )
-            get_logger(__name__).warning(
-                f"interrupted at step {step}: state saved in {folder}; continue with --resume"
-            )
+    try:
+        with (
+            StopSignal() as stop
+        ):  # also while the last checkpoint is written: a repeat signal must not cut it
+            completed = fit(run, stop)
+            if completed:
+                finish(run)
+            else:
+                step = run.state.step
+                folder = (
+                    save_state(run)
+                    if run.saved_step != step
+                    else step_checkpoint_dir(config.output_dir, step)
+                )
+                get_logger(__name__).warning(
+                    f"interrupted at step {step}: state saved in {folder}; continue with --resume"
+                )
+    except TrainingDiverged:
+        accelerator.end_training()  # nothing more is written: the last checkpoint stays the last good one
+        raise
     accelerator.wait_for_everyone()  # no process tears the process group down while a peer still uses it
     accelerator.end_training()
     return 0 if completed else EXIT_INTERRUPTED
@@ -116,12 +79,14 @@ def create_accelerator(config: Config) -> Accelerator:
     output = Path(config.output_dir)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     try:  # before Accelerate: it would fail with a traceback deep in its setup
-        check_precision(config.train.precision, torch.device("cuda"), fix="train.precision=fp16 (or no)")
+        check_precision(config.train.precision, torch.device("cuda"), fix="train.precision=fp16 (or fp32)")
     except ValueError as err:
         raise ConfigError(str(err)) from None
     accelerator = Accelerator(
         cpu=launched > 1 and not torch.cuda.is_available(),  # else torchrun on CPU gives N lone processes
-        mixed_precision=config.train.precision,
+        mixed_precision={"fp32": "no"}.get(
+            config.train.precision, config.train.precision
+        ),  # Accelerate's word
         gradient_accumulation_steps=config.train.grad_accumulation,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         log_with=available_tracker(config.train.log_with),
@@ -159,7 +124,7 @@ def tracker_config(config: Config) -> dict[str, Any]:
     }
 
 
-def build_model(config: Config) -> VideoCLIP:
+def create_run_model(config: Config) -> VideoCLIP:
     """The model the config describes, with gradient checkpointing and the logit-scale rule applied."""
     spec = config.model
     model = create_model(
@@ -187,7 +152,7 @@ def setup(config: Config, accelerator: Accelerator) -> Run:
             f"train.batch_size / train.grad_accumulation = {micro} must be a multiple of the "
             f"{processes} processes"
         )
-    net = build_model(config)
+    net = create_run_model(config)
     tokenizer = get_caption_tokenizer(config, net)
     train = create_train_data(config, net, tokenizer, micro)
     eval_batch = -(-(config.train.eval_batch_size or micro) // processes) * processes  # rounded up to N
@@ -246,6 +211,6 @@ def finish(run: Run) -> None:
     if run.accelerator.is_main_process:
         save_checkpoint(run.net, output)
     if run.val is not None and run.evaluated_step != run.state.step:
-        log_metrics(run, evaluate(run))
+        log_metrics(run, validate(run))
     write_failures(run)
     get_logger(__name__).info(f"done: {run.state.step} steps; weights in {output / WEIGHTS_NAME}")
