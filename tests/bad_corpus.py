@@ -67,6 +67,36 @@ CORPUS: dict[str, str | None] = {
 }
 
 
+# Names that are not regular files -> the words of their reason. Opening a FIFO for reading blocks until a
+# writer comes, so every command must look at it with os.stat first; a device never ends.
+SPECIAL: dict[str, str] = {
+    "named pipe.mp4": "not a regular file: a fifo (named pipe)",
+    "null device.mp4": "not a regular file: a character device",  # a symlink to /dev/null
+    "link loop.mp4": "not a regular file: a symbolic link loop",
+    "folder.mp4": "is a directory",
+}
+MKNOD_NAME = "device node.mp4"  # a character device made with os.mknod, where that is permitted (root)
+
+
+def write_special(root: Path) -> list[Path]:
+    """Every name of ``SPECIAL`` under ``root`` (and ``MKNOD_NAME`` when os.mknod is permitted), in order."""
+    import os
+    import stat
+
+    root.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(root / "named pipe.mp4")
+    (root / "null device.mp4").symlink_to("/dev/null")
+    (root / "link loop.mp4").symlink_to(root / "link loop 2.mp4")
+    (root / "link loop 2.mp4").symlink_to(root / "link loop.mp4")
+    (root / "folder.mp4").mkdir()
+    paths = [root / name for name in SPECIAL]
+    try:
+        os.mknod(root / MKNOD_NAME, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # the numbers of /dev/null
+    except (PermissionError, AttributeError):  # an unprivileged user; AttributeError: no mknod
+        return paths
+    return [*paths, root / MKNOD_NAME]
+
+
 def write_corpus(root: Path) -> list[Path]:
     """Every video of ``CORPUS`` under ``root`` (the missing one is not written), in ``CORPUS`` order."""
     root.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,22 @@ def fresh_accelerate_state():
 
 
 @pytest.fixture
+def sdpa_calls(monkeypatch) -> list:
+    """The query shapes of every ``F.scaled_dot_product_attention`` call made during the test, in order."""
+    import torch.nn.functional as F
+
+    calls: list = []
+    fused = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    return calls
+
+
+@pytest.fixture
 def hang_decoding(monkeypatch):
     """``hang_decoding(suffix)``: decoding any video whose path ends with ``suffix`` blocks for a minute, in the
     main process and in forked DataLoader workers alike (what a time limit must cut off)."""

@@ -4,12 +4,13 @@ row, a warning, a count), the run goes on, and the valid items come out as if th
 import csv
 import json
 import logging
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from bad_corpus import CORPUS, write_corpus
+from bad_corpus import CORPUS, MKNOD_NAME, SPECIAL, write_corpus, write_special
 
 import vidclip
 from vidclip.commands import eval as evaluate_module
@@ -127,3 +128,71 @@ def test_train_skips_and_lists_the_bad_videos_and_finishes(corpus, tmp_path, fre
     for path, reason in failed.items():
         assert BROKEN[path.rsplit("/", 1)[-1]] in reason.lower(), (path, reason)
     assert (out / "model.safetensors").exists()
+
+
+# -- what is not a regular file: refused from os.stat, never opened (a FIFO would block the command) ----------
+def special_reason(name: str) -> str:
+    if name == MKNOD_NAME:
+        return "not a regular file: a character device"
+    return SPECIAL["link loop.mp4" if name.startswith("link loop") else name]  # both links of the loop
+
+
+@pytest.fixture
+def special(corpus, tmp_path):
+    """The names that are not regular files, beside one good video, in a folder and in a list file."""
+    root, _, run = corpus
+    folder = tmp_path / "special"
+    paths = write_special(folder)
+    good = folder / "good.mp4"
+    good.write_bytes((root / "videos" / "one frame.mp4").read_bytes())
+    listing = tmp_path / "special.txt"
+    listing.write_text("".join(f"{path}\n" for path in [*paths, good]))
+    return folder, listing, paths, good, run
+
+
+@pytest.mark.timeout(120)  # a FIFO opened for reading would block here
+def test_open_video_and_diagnose_name_what_is_not_a_regular_file(special):
+    _, _, paths, good, _ = special
+    for path in paths:
+        reason = special_reason(path.name)
+        with pytest.raises(vidclip.video.VideoDecodeError) as caught:
+            vidclip.load_frames(path, NUM_FRAMES)
+        assert caught.value.reason.lower().startswith(reason), (path.name, caught.value.reason)
+        assert vidclip.video.errors.diagnose(str(path)).lower().startswith(reason), path.name
+    dangling = good.with_name("dangling.mp4")
+    dangling.symlink_to(good.with_name("gone.mp4"))
+    with pytest.raises(FileNotFoundError, match="symbolic link to a missing target"):
+        vidclip.load_frames(dangling, NUM_FRAMES)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("source", ["list", "folder"])
+def test_extract_names_what_is_not_a_regular_file_and_embeds_the_rest(special, source, tmp_path):
+    folder, listing, paths, good, run = special
+    out = tmp_path / "out"
+    inputs = str(listing if source == "list" else folder)
+    assert extract.main([inputs, "--out", str(out), "--checkpoint", str(run), "--num-workers", "0",
+                         "--timeout", "30"]) == 0  # fmt: skip
+    table = pd.read_parquet(out).set_index("video")
+    found = paths  # walking the folder finds both links of the loop, and goes into folder.mp4
+    if source == "folder":
+        found = [folder / name for name in os.listdir(folder) if name not in ("folder.mp4", "good.mp4")]
+    assert sorted(table.index) == sorted(map(str, [*found, good]))
+    assert pd.isna(table.loc[str(good), "error"])
+    for path in found:
+        error = table.loc[str(path), "error"]
+        assert error.lower().startswith(special_reason(path.name)), (path.name, error)
+
+
+@pytest.mark.timeout(300)
+def test_zeroshot_names_what_is_not_a_regular_file(special, tmp_path):
+    _, listing, paths, good, run = special
+    out = tmp_path / "preds.csv"
+    args = [str(listing), "--labels", "one,two", "--checkpoint", str(run), "--num-workers", "0"]
+    assert zeroshot_module.main([*args, "--timeout", "30", "--output", str(out)]) == 0
+    preds = pd.read_csv(out).set_index("video")
+    assert preds.loc[str(good), "label"] in {"one", "two"}
+    for path in paths:
+        error = preds.loc[str(path), "error"]
+        assert pd.isna(preds.loc[str(path), "label"]), path.name
+        assert error.lower().startswith(special_reason(path.name)), (path.name, error)

@@ -78,10 +78,11 @@ def test_demo_trains_from_chance_to_far_above_it(capsys, tmp_path):
     assert (tmp_path / "run" / "model.safetensors").exists()
 
 
-def test_import_vidclip_loads_no_decoder_trainer_or_plotting():
+def test_import_vidclip_loads_no_decoder_trainer_plotting_or_hub_client():
     code = (
         "import sys, vidclip, vidclip.viz; "
-        "bad = {'decord', 'av', 'torchcodec', 'accelerate', 'matplotlib'} & set(sys.modules); print(sorted(bad))"
+        "bad = {'decord', 'av', 'torchcodec', 'accelerate', 'matplotlib', 'huggingface_hub'} & set(sys.modules); "
+        "print(sorted(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -342,3 +342,165 @@ def test_help_through_python_dash_m():
         [sys.executable, "-m", "vidclip", "extract", "--help"], capture_output=True, text=True, check=True
     )
     assert "--part-size" in result.stdout and "--checkpoint" in result.stdout
+
+
+# -- failed videos are retried -----------------------------------------------------------------------------
+def test_videos_that_timed_out_are_retried_in_place_as_ok_rows(
+    video_dir, checkpoint, tmp_path, hang_decoding, monkeypatch, capsys
+):
+    """Two videos past --timeout (in one part); the next run, without the hang, retries exactly those two: one
+    ok row each, in the rows' places (the part rewritten, no part added), the table of a clean run."""
+    from vidclip.data import dataset
+
+    real_load = vidclip.video.load_frames
+    for name in ("b.mkv", "c.mp4"):
+        hang_decoding(name)
+    out, options = tmp_path / "out", ("--checkpoint", checkpoint, "--num-workers", 0, "--timeout", 0.5)
+    assert run_extract([video_dir], out, *options) == 0
+    assert read_table(out)["error"].str.startswith("timed out").sum() == 2
+    parts_before = sorted(p.name for p in out.glob("part-*"))
+    monkeypatch.setattr(dataset, "load_frames", real_load)  # the cause has passed
+    capsys.readouterr()
+    assert run_extract([video_dir], out, *options) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"extract: 5 videos, 2 ok, 0 failed, 3 skipped (already done), 2 retried (failed before) -> {out}"
+    )
+    assert sorted(p.name for p in out.glob("part-*")) == parts_before
+    assert pd.read_parquet(out)["video"].tolist() == find_videos([str(video_dir)])  # input order kept
+    assert run_extract([video_dir], tmp_path / "clean", *options) == 0
+    pd.testing.assert_frame_equal(read_table(out), read_table(tmp_path / "clean"))
+    capsys.readouterr()
+    assert run_extract([video_dir], out, *options) == 0  # the broken files are not tried on every run
+    assert "0 ok, 0 failed, 5 skipped (already done) ->" in capsys.readouterr().out
+
+
+def test_a_broken_file_is_retried_with_retry_failed_or_once_it_changed(
+    video_dir, checkpoint, tmp_path, capsys
+):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    whole = (video_dir / "a.mp4").read_bytes()
+    (folder / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    (folder / "ok.mp4").write_bytes(whole)
+    out, options = tmp_path / "out", ("--checkpoint", checkpoint, "--num-workers", 0)
+
+    def run(*extra) -> str:
+        capsys.readouterr()
+        assert run_extract([folder], out, *options, *extra) == 0
+        table = pd.read_parquet(out)
+        assert len(table) == 2 and table["video"].is_unique
+        return capsys.readouterr().out
+
+    assert "1 ok, 1 failed" in run()
+    assert (
+        pd.read_parquet(out).set_index("video").loc[str(folder / "cut.mp4"), "error"].startswith("truncated")
+    )
+    assert "0 ok, 0 failed, 2 skipped (already done) ->" in run()  # it would only fail again
+    assert "0 ok, 1 failed, 1 skipped (already done), 1 retried (failed before)" in run("--retry-failed")
+    (folder / "cut.mp4").write_bytes(whole)  # the download finished: the file changed after its row
+    assert "1 ok, 0 failed, 1 skipped (already done), 1 retried (failed before)" in run()
+    assert pd.read_parquet(out)["error"].isna().all()
+
+
+def test_unchanged_broken_files_kept_are_named_with_the_flag_that_retries_them(
+    video_dir, checkpoint, tmp_path, capsys
+):
+    out, options = tmp_path / "out", ("--checkpoint", checkpoint, "--num-workers", 0)
+    assert run_extract([video_dir], out, *options) == 0
+    capsys.readouterr()
+    assert run_extract([video_dir], out, *options) == 0
+    assert "2 videos that failed before (broken, unchanged since) not tried again; --retry-failed" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_missing_file_that_appears_is_retried(video_dir, checkpoint, tmp_path, capsys):
+    listing = tmp_path / "list.txt"
+    listing.write_text("one.mp4\ntwo.mp4\n")
+    (tmp_path / "one.mp4").write_bytes((video_dir / "a.mp4").read_bytes())
+    out, options = tmp_path / "out", ("--checkpoint", checkpoint, "--num-workers", 0)
+    assert run_extract([listing], out, *options) == 0
+    assert pd.read_parquet(out)["error"].fillna("ok").tolist() == ["ok", "no such file"]
+    (tmp_path / "two.mp4").write_bytes((video_dir / "sub/c.mp4").read_bytes())
+    capsys.readouterr()
+    assert run_extract([listing], out, *options) == 0
+    assert "1 ok, 0 failed, 1 skipped (already done), 1 retried (failed before)" in capsys.readouterr().out
+    table = pd.read_parquet(out)
+    assert table["video"].tolist() == [str(tmp_path / "one.mp4"), str(tmp_path / "two.mp4")]
+    assert table["error"].isna().all()
+
+
+def test_a_crash_while_rewriting_a_part_leaves_one_row_per_video(
+    video_dir, checkpoint, tmp_path, monkeypatch
+):
+    """The failed row and its replacement are never both on disk: killed before the rewrite, the failed row
+    stays (and is retried by the next run); the rewrite itself is atomic."""
+    import pyarrow.parquet as pq
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("one.mp4\ntwo.mp4\n")
+    out, options = tmp_path / "out", ("--checkpoint", checkpoint, "--num-workers", 0)
+    assert run_extract([listing], out, *options) == 0
+    for name in ("one.mp4", "two.mp4"):
+        (tmp_path / name).write_bytes((video_dir / "a.mp4").read_bytes())
+    before = pd.read_parquet(out)
+
+    def disk_fails(table, where, **kwargs):
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError("simulated crash")
+
+    monkeypatch.setattr(pq, "write_table", disk_fails)
+    with pytest.raises(OSError, match="simulated crash"):
+        run_extract([listing], out, *options)
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(pd.read_parquet(out), before)  # the old rows, whole, once each
+    assert run_extract([listing], out, *options) == 0
+    assert pd.read_parquet(out)["error"].isna().tolist() == [True, True]
+
+
+def test_replace_rows_keeps_the_order_and_one_row_per_video(tmp_path):
+    embedding = np.ones(3, dtype=np.float32)
+    rows = [parts.Row(i, name, None, "x") for i, name in enumerate(["a", "b", "a", "c"])]  # "a" twice: old
+    path = parts.write_part(tmp_path, rows, {"identity": {}})
+    new = {video: parts.Row(0, video, embedding, None) for video in ("c", "a", "d")}
+    parts.replace_rows(path, new, {"identity": {}})
+    table = pd.read_parquet(path)
+    assert table["video"].tolist() == ["a", "b", "c", "d"]  # in place; d, absent, added rather than lost
+    assert table["error"].fillna("ok").tolist() == ["ok", "x", "ok", "ok"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_processes_retry_rows_of_one_part_without_losing_either(video_dir, checkpoint, tmp_path):
+    """One process wrote four failed rows in one part; two processes retry two each: they take turns at
+    rewriting that part, so neither rewrite undoes the other's."""
+    listing = tmp_path / "list.txt"
+    names = [f"v{i}.mp4" for i in range(4)]
+    listing.write_text("".join(f"{name}\n" for name in names))
+    out, options = tmp_path / "out", ("--checkpoint", checkpoint, "--num-workers", 0, "--batch-size", 1)
+    assert run_extract([listing], out, *options) == 0
+    assert len(list(out.glob("part-*"))) == 1
+    for name in names:
+        (tmp_path / name).write_bytes((video_dir / "a.mp4").read_bytes())
+    result = run_two_processes([listing], out, *options, "--part-size", 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_parquet(out)
+    assert table["video"].tolist() == [str(tmp_path / name) for name in names]
+    assert table["error"].isna().all(), table["error"].tolist()
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(video_dir, tmp_path, capsys, monkeypatch):
+    import vidclip.inference.parts as parts_module
+
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(  # root ignores modes: a read-only folder as os.access reports it
+        parts_module.os,
+        "access",
+        lambda path, mode: False if Path(path) == readonly else real_access(path, mode),
+    )
+    built = []
+    monkeypatch.setattr(extract, "load_extract_model", lambda *a: built.append(1))
+    assert run_extract([video_dir / "a.mp4"], readonly / "out", "--model", "tiny") == 2
+    assert f"cannot write in {readonly}" in capsys.readouterr().err and not built

@@ -144,25 +144,19 @@ def test_freeze_backbone_leaves_only_new_modules_trainable():
     assert model.num_trainable_parameters() == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("head", ["mean", "seq_transformer", "ted_adapter", "vop"])
-def test_every_attention_runs_through_sdpa(head, monkeypatch):
+@pytest.mark.parametrize("head", ["mean", "seq_transformer", "ted_adapter", "vop", "x_pool"])
+def test_every_attention_runs_through_sdpa(head, sdpa_calls):
     """In training every attention (image tower, text tower, the head's own transformer) is one call of PyTorch's
     fused scaled_dot_product_attention (flash / memory-efficient kernels on a GPU), never a hand-written
     softmax; in inference nn.MultiheadAttention may take its own fused fast path instead."""
     torch.manual_seed(0)
     model = vidclip.create_model("tiny", head=head, num_frames=4).train()
-    calls = []
-    fused = F.scaled_dot_product_attention
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return fused(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    calls = sdpa_calls
     video = model.encode_video(torch.randn(2, 4, 3, model.image_size, model.image_size))
     text = model.encode_text(vidclip.get_tokenizer("tiny")(["a", "b"]))
     model.similarity(text, video).sum().backward()
     visual = model.clip.visual.transformer.resblocks
     text_blocks = model.clip.transformer.resblocks
     head_blocks = getattr(getattr(model.head, "transformer", None), "resblocks", [])
-    assert len(calls) == len(visual) + len(text_blocks) + len(head_blocks) > 0
+    own = 1 if head == "x_pool" else 0  # x_pool's cross-attention of the text over the frames, one call
+    assert len(calls) == len(visual) + len(text_blocks) + len(head_blocks) + own > 0

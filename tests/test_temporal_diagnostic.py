@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
 import temporal_diagnostic  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["mean", "query_scored", "vop"])
+@pytest.mark.parametrize("name", ["mean", "query_scored", "vop", "x_pool"])
 def test_order_blind_heads_sit_at_chance(name):
     result = temporal_diagnostic.run_head(name, steps=5, num_frames=8, batch_size=8, seed=0)
     assert result.accuracy == pytest.approx(50.0)
@@ -22,6 +22,11 @@ def test_order_blind_heads_sit_at_chance(name):
 def test_seq_transformer_learns_frame_order():
     result = temporal_diagnostic.run_head("seq_transformer", steps=150, num_frames=8, batch_size=32, seed=0)
     assert result.accuracy >= 90.0
+
+
+def test_default_run_covers_every_registered_head():
+    names = {temporal_diagnostic.parse_head(spec)[0] for spec in temporal_diagnostic.default_heads()}
+    assert names == set(vidclip.list_heads()) and "x_pool" in names
 
 
 def test_table_lists_every_result():

@@ -283,12 +283,12 @@ def torchrun(config_file, args, *flags) -> str:
 
 def test_rng_and_grad_scaler_states_round_trip_through_json(tmp_path):
     """What rng_state_{rank}.json and scaler.json hold gives back the same random streams and scaler."""
-    checkpoint_files.write_json(tmp_path / "rng.json", checkpoint_files.rng_state())
+    state.write_json(tmp_path / "rng.json", checkpoint_files.rng_state())
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     checkpoint_files.read_rng(tmp_path / "rng.json")()
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
     scaler = torch.amp.GradScaler("cpu", init_scale=8.0, growth_interval=3)
-    checkpoint_files.write_json(tmp_path / "scaler.json", scaler.state_dict())
+    state.write_json(tmp_path / "scaler.json", scaler.state_dict())
     fresh = torch.amp.GradScaler("cpu")
     state.read_scaler(tmp_path / "scaler.json", fresh)()
     assert fresh.state_dict() == scaler.state_dict()

@@ -102,3 +102,29 @@ def test_transform_runs_on_gpu_tensors_and_matches_cpu(model):
     transform = vidclip.get_video_transform(model)
     gpu = transform(frames.cuda())
     assert gpu.is_cuda and torch.allclose(gpu.cpu(), transform(frames), atol=1e-4)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("shape", [(48, 80), (2, 400), (3, 1001), (700, 20), (64, 64), (37, 91), (1000, 240)])
+def test_cropping_before_resizing_equals_resizing_then_cropping(shape, interpolation, monkeypatch):
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    from vidclip.video import transforms
+
+    mode = InterpolationMode(interpolation)
+    video = torch.randint(
+        0, 256, (2, 3, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    reference = TF.center_crop(TF.resize(video, [32], interpolation=mode, antialias=True), [32, 32])
+    monkeypatch.setattr(transforms, "CROP_FIRST_ABOVE", 0)  # every frame takes the crop-first path
+    ours = transforms.resize_centre_crop(video, 32, mode)
+    difference = (ours.int() - reference.int()).abs()  # noise: the worst case for bicubic's overshoots
+    assert ours.dtype == torch.uint8 and difference.max() <= 2 and difference.float().mean() < 0.2
+
+
+def test_a_thin_frame_is_cropped_first_and_still_matches_open_clip(model):
+    frames = frames_like_a_video(h=16, w=1000)  # resized first it would be 32 x 2000: over 16 crops' worth
+    ours = vidclip.get_video_transform(model)(frames)
+    reference = open_clip_reference(frames, 32)
+    assert (ours - reference).abs().mean() < 1e-3 and (ours - reference).abs().max() < 0.05

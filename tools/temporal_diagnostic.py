@@ -8,7 +8,8 @@ Each head is trained (tiny model, CLIP backbone frozen, only the head's own para
 generated videos of a shape crossing the frame as "forwards" or "backwards", by cross-entropy over its
 similarity to the two class texts, exactly as zero-shot classification scores labels. Held-out videos are the
 same frame sets in both orders, so only frame order separates the classes: an order-blind head (mean,
-query_scored) must sit at 50% — that is correct, not a bug — and an order-aware head should approach 100%.
+query_scored, x_pool) must sit at 50% — that is correct, not a bug — and an order-aware head should approach
+100%. The default run covers every registered head (text-conditioned ones such as x_pool included).
 """
 
 from __future__ import annotations

@@ -71,6 +71,7 @@ class DataConfig:
     decoder: str = "auto"  # auto (PyAV), pyav, decord, torchcodec or nvdec (GPU): vidclip.video.DECODERS
     num_workers: int | None = None  # DataLoader worker processes per process; null = min(4, available CPUs)
     timeout: float = 600.0  # seconds one video's decoding may take before it counts as failed; 0 = no limit
+    max_pixels: int = 8192 * 4320  # pixel budget of a frame (DCI 8K), checked before decoding; 0 = no limit
     max_words: int | None = None  # caption length in tokens incl. start/end; null = the model's context
 
 
@@ -128,7 +129,10 @@ def load_config(paths: Sequence[str | os.PathLike] = (), overrides: Sequence[str
         for path in paths:
             source = str(path)
             if not Path(path).is_file():
-                raise ConfigError(f"config file not found: {path}")
+                found = Path(path).exists()  # a folder, a FIFO (reading it would block), a device
+                raise ConfigError(
+                    f"config {path} is not a regular file" if found else f"config file not found: {path}"
+                )
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
         source = "the command-line overrides"
         bad = [item for item in overrides if "=" not in item]
@@ -140,6 +144,12 @@ def load_config(paths: Sequence[str | os.PathLike] = (), overrides: Sequence[str
         raise ConfigError(f"invalid config in {source}: {_describe(err)}") from None
     except yaml.YAMLError as err:  # e.g. an unquoted "{}" (a YAML mapping) in a dotlist value
         raise ConfigError(f"invalid YAML in {source}: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:  # a binary file (a checkpoint, an image) given as a config
+        raise ConfigError(
+            f"{source} is not a YAML config: not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
+    except OSError as err:  # e.g. permission denied
+        raise ConfigError(f"cannot read config file {source}: {err.strerror or err}") from None
     validate_config(config)
     return config
 
@@ -193,6 +203,7 @@ def validate_config(config: Config) -> None:
         "train.grad_accumulation": train.grad_accumulation,
         "train.log_every": train.log_every,
         "train.lr": train.lr,
+        "train.max_logit_scale": train.max_logit_scale,
     }
     optional_positive = {
         "train.max_steps": train.max_steps,
@@ -216,6 +227,7 @@ def validate_config(config: Config) -> None:
         "train.weight_decay": train.weight_decay,
         "train.warmup": train.warmup,
         "data.num_workers": data.num_workers if data.num_workers is not None else 0,
+        "data.max_pixels": data.max_pixels,
         "train.seed": train.seed,
         "train.max_skipped_steps": train.max_skipped_steps,
     }.items():

@@ -6,6 +6,7 @@ Shapes used throughout: B videos, T frames, N texts, D embedding width, S image 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Iterator
@@ -75,6 +76,9 @@ class ModelSpec:
     freeze_backbone: bool | None = None
     quick_gelu: bool | None = None  # filled in at build time from what the pretrained tag implies
     preprocess_cfg: dict[str, Any] = field(default_factory=dict)
+    # The open_clip config (embed_dim, vision_cfg, text_cfg, ...) of a model no open_clip name describes, e.g.
+    # a converted HF CLIP; build_model registers it under model_name.
+    model_cfg: dict[str, Any] | None = None
 
 
 class VideoCLIP(nn.Module):
@@ -125,7 +129,8 @@ class VideoCLIP(nn.Module):
     def similarity(self, text: torch.Tensor, video: VideoFeatures, chunk_size: int = 1024) -> torch.Tensor:
         """Cosine similarities (N_text, N_video) between text features (N, D) and ``encode_video``'s output.
 
-        Text-conditioned heads score in blocks of ``chunk_size`` texts so memory stays bounded.
+        Text-conditioned heads score in blocks of ``chunk_size`` texts so memory stays bounded; they get the
+        text L2-normalised unless they declare ``raw_text`` (X-Pool normalises its own way).
         """
         if not isinstance(video, VideoFeatures):
             raise ValueError(
@@ -133,9 +138,10 @@ class VideoCLIP(nn.Module):
             )
         if text.ndim != 2 or text.shape[1] != video.frames.shape[-1]:
             raise ValueError(f"text must have shape (N, {video.frames.shape[-1]}), got {tuple(text.shape)}")
-        text = F.normalize(text, dim=-1)
         if not self.head.text_conditioned:
-            return text @ video.pooled.to(text.dtype).T
+            return F.normalize(text, dim=-1) @ video.pooled.to(text.dtype).T
+        if not self.head.raw_text:
+            text = F.normalize(text, dim=-1)
         rows = [self.head.score(part, video.frames, video.mask) for part in text.split(chunk_size)]
         return torch.cat(rows)
 
@@ -226,6 +232,8 @@ def build_model(
     import open_clip
 
     register_model_configs()
+    if spec.model_cfg is not None:
+        _register_spec_config(spec.model_name, spec.model_cfg)
     if spec.model_name not in open_clip.list_models() and not spec.model_name.startswith(
         ("hf-hub:", "local-dir:")
     ):
@@ -272,6 +280,16 @@ def build_model(
     spec.quick_gelu = any(type(m).__name__ == "QuickGELU" for m in clip.modules())
     spec.preprocess_cfg = _plain(getattr(clip.visual, "preprocess_cfg", {}))
     return VideoCLIP(clip, head, spec).to(device)
+
+
+def _register_spec_config(model_name: str, model_cfg: dict[str, Any]) -> None:
+    """Add a spec's own open_clip config to open_clip's registry (``get_tokenizer`` reads it there too)."""
+    from open_clip import factory
+
+    known = factory.get_model_config(model_name)
+    if known is not None and known != model_cfg:
+        raise ValueError(f"model_cfg of {model_name!r} differs from the open_clip config of that name")
+    factory._MODEL_CONFIGS[model_name] = copy.deepcopy(model_cfg)  # open_clip has no public dict-config API
 
 
 class WeightsDownloadError(RuntimeError):

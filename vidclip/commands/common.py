@@ -14,6 +14,7 @@ import torch
 
 from vidclip.config import PRECISIONS, ConfigError, check_timeout, normalize_precision
 from vidclip.data.base import AnnotationError
+from vidclip.fileio import DiskFullError, FolderInUseError
 from vidclip.inference.parts import PartsError
 from vidclip.inference.pipeline import DEFAULT_TIMEOUT, EncodeOptions
 from vidclip.inference.runtime import check_precision, resolve_device
@@ -30,6 +31,8 @@ COMMAND_ERRORS = (
     ConfigError,
     AnnotationError,
     PartsError,
+    DiskFullError,
+    FolderInUseError,
     ValueError,
     FileNotFoundError,
     NotADirectoryError,
@@ -83,7 +86,11 @@ def precision(text: str) -> str:
 def add_model_arguments(parser: argparse.ArgumentParser, what: str = "the config's model section") -> None:
     """``--checkpoint RUN`` or ``--model/--pretrained/--head/--num-frames``."""
     group = parser.add_argument_group(f"model (either --checkpoint or --model ...; default: {what})")
-    group.add_argument("--checkpoint", metavar="RUN_DIR", help="a vidclip run folder or .safetensors file")
+    group.add_argument(
+        "--checkpoint",
+        metavar="RUN_DIR",
+        help="a vidclip run folder, a .safetensors file, or hf-hub:ORG/NAME[@REVISION] (the Hugging Face Hub)",
+    )
     group.add_argument("--model", help="open_clip model name, e.g. ViT-B-32 ('tiny' for tests)")
     group.add_argument("--pretrained", help="open_clip pretrained tag or local weights file, e.g. openai")
     group.add_argument("--head", help="temporal head (vidclip.list_heads()); default mean")
@@ -95,6 +102,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, what: str = "the config
 def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the shared video-encoding pipeline, the same in every command that encodes videos."""
     from vidclip.video import DECODERS
+    from vidclip.video.decoders import DEFAULT_MAX_PIXELS
 
     group = parser.add_argument_group("encoding videos (the same flags in every command)")
     group.add_argument(
@@ -110,6 +118,14 @@ def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"give up on a video whose decoding takes longer: it is dropped, named and counted (default: the "
         f"config's data.timeout, else {DEFAULT_TIMEOUT:g}; 0: no limit; not applied by nvdec)",
+    )
+    group.add_argument(
+        "--max-pixels",
+        type=non_negative_int,
+        metavar="N",
+        help="pixel budget of a frame: a video whose frames are larger (read from its header, before decoding) "
+        "is dropped, named and counted; a video's frames then take at most num-frames x N x 3 bytes "
+        f"(default: the config's data.max_pixels, else {DEFAULT_MAX_PIXELS} = 8192x4320, DCI 8K; 0: no limit)",
     )
     group.add_argument(
         "--precision",
@@ -137,6 +153,8 @@ def add_encoding_arguments(parser: argparse.ArgumentParser) -> None:
 def encode_options(args: argparse.Namespace, data: Any | None = None, **fields: Any) -> EncodeOptions:
     """The :class:`EncodeOptions` of the command line, falling back to a config's ``data`` section."""
 
+    from vidclip.video.decoders import DEFAULT_MAX_PIXELS
+
     def pick(flag: Any, key: str, default: Any) -> Any:
         if flag is not None:
             return flag
@@ -146,6 +164,7 @@ def encode_options(args: argparse.Namespace, data: Any | None = None, **fields: 
         "num_frames": getattr(args, "num_frames", None),
         "decoder": pick(args.decoder, "decoder", "auto"),
         "timeout": pick(args.timeout, "timeout", DEFAULT_TIMEOUT),
+        "max_pixels": pick(getattr(args, "max_pixels", None), "max_pixels", DEFAULT_MAX_PIXELS),
         "num_workers": pick(args.num_workers, "num_workers", None),
         "batch_size": args.batch_size,
         "device": args.device,

@@ -15,12 +15,24 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vidclip.commands.common import positive_int
+from vidclip.commands.common import fail, positive_int
+from vidclip.commands.train import TRAIN_ERRORS
 
 EPILOG = """example:
   vidclip demo                 # generate 32 videos in a temporary folder and run everything on them
   vidclip demo --workdir demo  # keep the generated videos and results in ./demo
 """
+
+
+def head_name(text: str) -> str:
+    """argparse type for ``--head``: a registered head, refused before any video is generated."""
+    import vidclip
+
+    if text not in vidclip.list_heads():
+        raise argparse.ArgumentTypeError(
+            f"unknown head {text!r}; registered: {', '.join(vidclip.list_heads())}"
+        )
+    return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,7 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--num-frames", type=positive_int, default=8, help="frames sampled per video (default 8)"
     )
     parser.add_argument(
-        "--head", default="mean", help="temporal head to train (default mean; try seq_transformer)"
+        "--head",
+        type=head_name,
+        default="mean",
+        help="temporal head to train (default mean; try seq_transformer)",
     )
     parser.add_argument(
         "--steps", type=positive_int, default=300, help="training steps (default 300, about a minute)"
@@ -99,12 +114,22 @@ def print_metrics(metrics: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``vidclip demo`` command: 0 when done; a bad ``--workdir``, a full disk... are one line, exit 2."""
+    args = parse_args(argv)
+    if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
+        return fail("demo", f"--workdir {args.workdir} is a file; give a folder (new or empty)")
+    try:
+        return run_demo(args)
+    except (*TRAIN_ERRORS, FileExistsError) as err:  # FileExistsError: --workdir is a file
+        return fail("demo", err)
+
+
+def run_demo(args: argparse.Namespace) -> int:
     import vidclip
     from vidclip.config import load_config
     from vidclip.synthetic.demo_data import make_caption_dataset
     from vidclip.train import train
 
-    args = parse_args(argv)
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)

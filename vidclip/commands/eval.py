@@ -153,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     title = f"{config.data.format} {args.split}"
     print(format_table(metrics, title))
     if args.output:
-        write_json(metrics, args.output)
+        try:
+            write_json(metrics, args.output)
+        except COMMAND_ERRORS as err:  # e.g. the disk filled during the run: the table above still stands
+            return fail("eval", err)
         print(f"wrote {args.output}")
     if args.plot:
         frames = options.num_frames or model.num_frames

@@ -8,7 +8,10 @@ are the shared pipeline's (:mod:`vidclip.inference.pipeline`).
 
 Re-running the same command (from the same folder: rows are keyed by the path as given) skips the videos
 already in ``--out``, so an interrupted run resumes and loses nothing; a run with another model, checkpoint or
-frame sampling refuses to add to that ``--out``.
+frame sampling refuses to add to that ``--out``. A video that failed is tried again when the cause can have
+passed (:func:`worth_retrying`: a time limit, a missing or unreadable file, another OS error, or a file changed
+since), every failed one with ``--retry-failed``; the new row takes the failed row's place. One run at a time
+writes in an ``--out``: another is refused at once (:func:`vidclip.fileio.exclusive_lock`).
 
 Several processes (``accelerate launch -m vidclip extract ...`` or ``torchrun``) share the work without talking
 to each other: process ``r`` of ``w`` embeds the videos whose input position is ``r`` modulo ``w`` (on GPU
@@ -19,6 +22,8 @@ a resumed run, with any number of processes, neither repeats nor misses a video.
 from __future__ import annotations
 
 import argparse
+import builtins
+import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,20 +43,35 @@ from vidclip.commands.common import (
     fail,
     positive_int,
 )
-from vidclip.data.files import VIDEO_EXTENSIONS, find_videos
-from vidclip.inference.parts import PartBuffer, Row, check_parts_folder, model_identity, read_done
+from vidclip.data.files import VIDEO_EXTENSIONS, display_path, find_videos
+from vidclip.fileio import exclusive_lock
+from vidclip.inference.parts import Done, PartBuffer, Row, check_parts_folder, model_identity, read_done
 from vidclip.inference.pipeline import EncodedBatch, EncodeOptions, iter_encoded
 from vidclip.model import VideoCLIP
 from vidclip.version import __version__
 from vidclip.video import SAMPLING_STRATEGIES
 
+LOCK_NAME = ".vidclip-extract.lock"  # hidden: pandas, pyarrow and check_parts_folder pass it by
+# Failures whose cause can pass, retried by default (the reasons of vidclip.data.dataset.failure_reason and
+# vidclip.video.errors): a time limit, a file missing or unreadable, any OS error or a full memory by name.
+TRANSIENT = (
+    "timed out",
+    "no such file",
+    "cannot read the file",
+    "the decoding process died",
+)  # may pass: OOM
+TRANSIENT_TYPES = frozenset(
+    name for name, value in vars(builtins).items() if isinstance(value, type) and issubclass(value, OSError)
+) | {"MemoryError"}
 NON_FINITE = "the embedding is not finite (NaN or inf): the model's weights or this video's frames give NaN"
 EPILOG = """examples:
   vidclip extract videos/ --out embeddings/ --model ViT-B-32 --pretrained openai --num-frames 12
   vidclip extract train_list.txt clip.mp4 --out embeddings/ --checkpoint runs/msrvtt-meanp
   python -c "import pandas; print(pandas.read_parquet('embeddings/'))"
 
-Run the same command again to resume an interrupted run: videos already in --out are skipped.
+Run the same command again to resume an interrupted run: videos already in --out are skipped, and the
+failed ones whose cause can have passed (timed out, missing, unreadable, killed its worker, changed since) are tried again;
+--retry-failed tries every failed one again.
 Several GPUs or machines: accelerate launch -m vidclip extract ... (each process writes its share of --out).
 """
 
@@ -65,11 +85,13 @@ class Summary:
     ok: int = 0
     failed: int = 0
     shard: Shard = Shard()
+    retried: int = 0  # failed before and embedded again: counted in ok / failed too
 
     def line(self, out: str) -> str:
+        retried = f", {self.retried} retried (failed before)" if self.retried else ""
         return (
             f"extract{self.shard}: {self.total} videos, {self.ok} ok, {self.failed} failed, "
-            f"{self.skipped} skipped (already done) -> {out}"
+            f"{self.skipped} skipped (already done){retried} -> {out}"
         )
 
 
@@ -96,6 +118,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sampling", choices=SAMPLING_STRATEGIES, default="uniform", help="frame sampling (default: uniform)"
     )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="embed again every video whose row in --out is an error (by default only those whose cause can "
+        "have passed: timed out, missing, unreadable, or changed since; not an unchanged broken file)",
+    )
     add_model_arguments(parser, what="--model with head mean and 12 frames")
     add_encoding_arguments(parser)
     return parser.parse_args(argv)
@@ -116,23 +144,57 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def extract(args: argparse.Namespace) -> Summary:
-    """Validate, load the model, skip what ``--out`` already holds, embed the rest part by part."""
+    """Validate, lock ``--out`` for this process, load the model, skip what ``--out`` already holds (but the
+    failures to retry), embed the rest part by part."""
     check_model_args(args)
     shard = Shard.from_env()
     options = check_encoding(encode_options(args, sampling=args.sampling, progress=False), shard.local_rank)
     videos = collect_inputs(args.inputs)
     check_parts_folder(args.out)
-    model, metadata = load_extract_model(args, options)
-    done = read_done(args.out, metadata["identity"])
-    mine = [(index, video) for index, video in enumerate(videos) if shard.owns(index)]
-    pending = [(index, video) for index, video in mine if video not in done]
-    summary = Summary(total=len(mine), skipped=len(mine) - len(pending), shard=shard)
-    if pending:
-        args.out.mkdir(parents=True, exist_ok=True)
-        batches = iter_encoded(model, [video for _, video in pending], options)
-        parts = PartBuffer(args.out, args.part_size, metadata)
-        embed_all(batches, pending, parts, summary)
+    lock = exclusive_lock(args.out / LOCK_NAME, "vidclip extract run", rank=shard.rank, world=shard.world)
+    with lock as held:  # before reading --out: what is done cannot change under this run
+        model, metadata = load_extract_model(args, options)
+        mine = [(index, video) for index, video in enumerate(videos) if shard.owns(index)]
+        stored = read_done(args.out, metadata["identity"])  # keyed by the printable names parts store
+        done = {video: stored[display_path(video)] for _, video in mine if display_path(video) in stored}
+        retried = {
+            video: done[video].part
+            for _, video in mine
+            if video in done and worth_retrying(video, done[video], args.retry_failed)
+        }
+        pending = [(index, video) for index, video in mine if video not in done or video in retried]
+        summary = Summary(len(mine), len(mine) - len(pending), shard=shard, retried=len(retried))
+        note_kept_failures(sum(done[v].error is not None for _, v in mine if v in done) - len(retried), shard)
+        if pending:
+            batches = iter_encoded(model, [video for _, video in pending], options)
+            parts = PartBuffer(args.out, args.part_size, metadata, retried, held.turn)
+            embed_all(batches, pending, parts, summary)
     return summary
+
+
+def worth_retrying(video: str, row: Done, retry_failed: bool) -> bool:
+    """Whether a video with a row in ``--out`` is embedded again: never when it was embedded; with
+    ``--retry-failed`` whenever it failed; else when the cause can have passed (a time limit, a missing or
+    unreadable file, an OS error, memory) or the file changed (modified, replaced) after its row's part was
+    written. An unchanged broken file (truncated, not a video, empty) would only fail again."""
+    if row.error is None:
+        return False
+    if retry_failed or row.error.startswith(TRANSIENT) or row.error.split(":", 1)[0] in TRANSIENT_TYPES:
+        return True
+    try:
+        changed, written = os.stat(video), os.stat(row.part).st_mtime_ns
+    except OSError:
+        return False
+    return max(changed.st_mtime_ns, changed.st_ctime_ns) > written
+
+
+def note_kept_failures(count: int, shard: Shard) -> None:
+    if count > 0:
+        print(
+            f"vidclip extract{shard}: note: {count} video{'s' if count > 1 else ''} that failed before "
+            "(broken, unchanged since) not tried again; --retry-failed tries them",
+            file=sys.stderr,
+        )
 
 
 def check_model_args(args: argparse.Namespace) -> None:

@@ -6,6 +6,26 @@ import argparse
 import sys
 
 from vidclip.commands.common import EXIT_FAILED, EXIT_INTERRUPTED, fail, setup_logging
+from vidclip.config import ConfigError
+from vidclip.data import AnnotationError
+from vidclip.fileio import DiskFullError
+from vidclip.model import WeightsDownloadError
+from vidclip.train.state import RunError, TrainingDiverged
+from vidclip.video import DecoderUnavailableError
+
+# What ``vidclip train`` reports as one line and exit status 2: the user's config, data, files or machine. Not
+# ValueError or RuntimeError at large: those from deep in a library are bugs, and keep their traceback.
+TRAIN_ERRORS = (
+    ConfigError,  # the config, and what preflight checks (model name, head, output_dir)
+    AnnotationError,  # the annotation files
+    RunError,  # no video of the first batch decodes; no step checkpoint reads back on --resume
+    DiskFullError,  # a checkpoint, config or log that the disk has no room for (the files before are kept)
+    WeightsDownloadError,
+    DecoderUnavailableError,
+    FileNotFoundError,  # e.g. model.pretrained naming a weights file that is not there
+    NotADirectoryError,
+    PermissionError,
+)
 
 EPILOG = """examples:
   vidclip train --config configs/demo.yaml
@@ -35,18 +55,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``vidclip train`` command: 0 when done, 2 for a bad config or data setting, 130 when interrupted."""
-    from vidclip.config import ConfigError, load_config
-    from vidclip.data import AnnotationError
-    from vidclip.model import WeightsDownloadError
+    """The ``vidclip train`` command: 0 when done, 1 when training diverged, 2 for a bad config, data, file or
+    a full disk (one line each: :data:`TRAIN_ERRORS`), 130 when interrupted."""
+    from vidclip.config import load_config
     from vidclip.train import train
-    from vidclip.train.state import TrainingDiverged
 
     args = parse_args(argv)
     setup_logging(with_time=True)
     try:
         return train(load_config(args.config, args.overrides), resume=args.resume)
-    except (ConfigError, AnnotationError, WeightsDownloadError) as err:
+    except TRAIN_ERRORS as err:
         return fail("train", err)
     except TrainingDiverged as err:
         print(f"vidclip train: error: {err}", file=sys.stderr)

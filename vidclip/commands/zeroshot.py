@@ -31,6 +31,7 @@ from vidclip.commands.common import (
     setup_logging,
 )
 from vidclip.commands.eval import write_json
+from vidclip.data.files import display_path, find_videos
 from vidclip.inference.classify import classify_videos, evaluate_classification, summarize_splits
 from vidclip.templates import get_templates
 from vidclip.viz import require_plotting
@@ -81,7 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def read_labels(args: argparse.Namespace) -> list[str]:
-    """Labels from ``--labels "a,b,c"`` or ``--labels-file`` (one per line); exactly one must be given."""
+    """Labels from ``--labels "a,b,c"`` or ``--labels-file`` (one per line, read by
+    :func:`~vidclip.data.base.read_lines`: UTF-8, UTF-16 with a byte-order mark, or Windows-1252 with a warning);
+    exactly one must be given."""
     from vidclip.data.base import read_lines
 
     if (args.labels is None) == (args.labels_file is None):
@@ -93,8 +96,6 @@ def read_labels(args: argparse.Namespace) -> list[str]:
 
 def run_files(args: argparse.Namespace) -> int:
     """Files mode: top-k labels per video, printed or written as CSV."""
-    from vidclip.data.files import find_videos
-
     labels = read_labels(args)
     paths = find_videos(args.inputs)
     if not paths:
@@ -109,13 +110,17 @@ def run_files(args: argparse.Namespace) -> int:
     table = classify_videos(model, paths, labels, templates, options, top_k=args.top_k)
     failed = int(table["error"].notna().sum())
     if args.output:
-        table.to_csv(args.output, index=False)
-        print(f"wrote {len(table)} rows to {args.output} ({failed} videos could not be decoded)")
+        table.to_csv(args.output, index=False, encoding="utf-8")
+        print(
+            f"wrote {len(table)} rows to {display_path(args.output)} ({failed} videos could not be decoded)"
+        )
     else:
         print(table[["video", "label", "score", "error"]].to_string(index=False))
     if args.show:
         frames = args.num_frames or model.num_frames
-        sheets = write_contact_sheets(table, args.show, num_frames=frames, decoder=options.decoder)
+        sheets = write_contact_sheets(
+            table, args.show, num_frames=frames, decoder=options.decoder, paths=paths
+        )
         print(f"wrote {len(sheets)} contact sheet{'s' if len(sheets) > 1 else ''} to {args.show}")
     return 0
 
@@ -127,16 +132,24 @@ def write_contact_sheets(
     num_frames: int = 8,
     per_sheet: int = 16,
     decoder: str = "auto",
+    paths: list[str] | None = None,
 ) -> list[Path]:
     """PNG contact sheets of a prediction table, ``per_sheet`` videos each (``contact_sheet_001.png``...): each
-    video's frames (at most 8, uniform), its path and its top-3 labels; a failed video shows its error."""
+    video's frames (at most 8, uniform), its path and its top-3 labels; a failed video shows its error.
+    ``paths``: the files to open, one per row, when the table's ``video`` column is their printable form
+    (:func:`~vidclip.data.files.display_path`); by default that column."""
     from vidclip import viz
 
     rows = table.to_dict("records")
+    paths = list(table["video"]) if paths is None else paths
     written = []
     for page, start in enumerate(range(0, len(rows), per_sheet), start=1):
         chunk = rows[start : start + per_sheet]
-        videos = [_sheet_frames(row, min(num_frames, 8), decoder) for row in chunk]
+        opened = paths[start : start + per_sheet]
+        videos = [
+            _sheet_frames(row, path, min(num_frames, 8), decoder)
+            for row, path in zip(chunk, opened, strict=True)
+        ]
         figure = viz.contact_sheet(
             videos, [row["video"] for row in chunk], [_top_labels(row) for row in chunk]
         )
@@ -144,14 +157,14 @@ def write_contact_sheets(
     return written
 
 
-def _sheet_frames(row: dict, num_frames: int, decoder: str) -> torch.Tensor | str:
+def _sheet_frames(row: dict, path: str, num_frames: int, decoder: str) -> torch.Tensor | str:
     """The video's uniformly sampled frames, or why there are none (its classification error, or a new one)."""
     from vidclip.video import VideoDecodeError, load_video
 
     if not pd.isna(row["error"]):
         return str(row["error"])
     try:
-        return load_video(row["video"], num_frames, "uniform", decoder=decoder)
+        return load_video(path, num_frames, "uniform", decoder=decoder)
     except VideoDecodeError as err:
         return str(err)
 

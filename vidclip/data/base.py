@@ -16,6 +16,8 @@ A new format (MSR-VTT, DiDeMo, Kinetics, UCF101 split files, class-per-folder...
 
 from __future__ import annotations
 
+import codecs
+import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from vidclip.registry import Registry
 if TYPE_CHECKING:
     import pandas as pd
 
+logger = logging.getLogger(__name__)
 Split = Literal["train", "val", "test"]
 
 
@@ -192,23 +195,96 @@ def read_annotations(config: DataConfig, task: str, split: Split) -> Annotations
     raise AnnotationError(f"task must be 'retrieval' or 'classification', got {task!r}")
 
 
+# UTF-32 before UTF-16: the UTF-32-LE mark begins with the UTF-16-LE one.
+BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def bom_encoding(head: bytes) -> str | None:
+    """The codec a byte-order mark at the start of ``head`` names (it strips the mark), or None."""
+    return next((codec for bom, codec in BOMS if head.startswith(bom)), None)
+
+
+def text_encoding(path: str | os.PathLike) -> str:
+    """The codec vidclip reads the text file ``path`` with: the one its byte-order mark names (UTF-8, UTF-16,
+    UTF-32; the mark is never part of the text), else UTF-8; a file that is not UTF-8 is read as Windows-1252
+    (what spreadsheets and editors on Windows write), with a warning naming the file and the first byte that
+    is not UTF-8. A file that is neither is refused (AnnotationError) with its line and byte."""
+    with open(path, "rb") as f:
+        codec = bom_encoding(f.read(4))
+    if codec is not None:
+        return codec
+    not_utf8 = first_undecodable(path, "utf-8")
+    if not_utf8 is None:
+        return "utf-8"
+    not_cp1252 = first_undecodable(path, "cp1252")
+    if not_cp1252 is not None:
+        raise AnnotationError(
+            f"{path}: line {_where(not_cp1252)} is neither UTF-8 nor Windows-1252 text; save it as UTF-8"
+        )
+    logger.warning(f"{path}: not UTF-8 (line {_where(not_utf8)}); read as Windows-1252 (cp1252)")
+    return "cp1252"
+
+
+def first_undecodable(path: str | os.PathLike, codec: str) -> tuple[int, int, int] | None:
+    """(line, byte offset in the file, byte value) of the first byte of ``path`` that ``codec`` cannot decode,
+    or None; reads 1 MiB at a time, so a large annotation file costs no memory."""
+    decoder = codecs.getincrementaldecoder(codec)()
+    offset = lines = 0  # bytes and newlines before ``data``
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            data = decoder.getstate()[0] + chunk  # the bytes an error position counts from
+            offset -= len(data) - len(chunk)
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                return lines + data.count(b"\n", 0, err.start) + 1, offset + err.start, data[err.start]
+            offset, lines = offset + len(data), lines + data.count(b"\n")
+        data = decoder.getstate()[0]
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as err:  # the file ends inside a multi-byte character
+            return lines + 1, offset - len(data) + err.start, data[err.start]
+    return None
+
+
+def _where(position: tuple[int, int, int]) -> str:
+    line, offset, value = position
+    return f"{line}, byte {offset} of the file: 0x{value:02x}"
+
+
+def open_text(path: str | os.PathLike):
+    """``path`` opened for reading as text in its :func:`text_encoding`, any line ending read as ``\\n``."""
+    return open(path, encoding=text_encoding(path))
+
+
 def read_lines(path: str | os.PathLike) -> list[str]:
-    """Non-empty stripped lines of a text file (class-name lists, split lists)."""
+    """Non-empty stripped lines of a text file (class-name lists, split lists): decoded as
+    :func:`text_encoding` says, so a byte-order mark, CRLF line ends and trailing spaces are never part of a
+    line."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_text(path) as f:
             return [line.strip() for line in f if line.strip()]
     except UnicodeDecodeError as err:
-        raise AnnotationError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+        raise AnnotationError(f"{path}: not {err.encoding} text ({err.reason} at byte {err.start})") from None
 
 
 def read_csv_file(path: str | os.PathLike, **options: Any) -> pd.DataFrame:
-    """``pandas.read_csv`` whose failures (empty file, broken quoting, ragged rows, bad bytes) name the file."""
+    """``pandas.read_csv`` in the file's :func:`text_encoding` (a byte-order mark never joins the first column's
+    name; column names are stripped) whose failures (empty file, broken quoting, ragged rows, bad bytes) name
+    the file."""
     import pandas as pd
 
+    options.setdefault("encoding", text_encoding(path))
     try:
         with warnings.catch_warnings():  # a row longer than the header would silently shift into an index
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(path, index_col=False, **options)
+            table = pd.read_csv(path, index_col=False, **options)
     except pd.errors.ParserWarning:
         raise AnnotationError(f"{path}: a row has more fields than the header (unquoted commas?)") from None
     except pd.errors.EmptyDataError:
@@ -216,3 +292,5 @@ def read_csv_file(path: str | os.PathLike, **options: Any) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
         reason = " ".join(str(err).split())
         raise AnnotationError(f"{path}: not a readable CSV ({reason})") from None
+    table.columns = [str(column).strip() for column in table.columns]
+    return table

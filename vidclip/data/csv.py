@@ -35,6 +35,9 @@ class CsvReader(AnnotationReader):
 
     def _table(self, path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         table = read_csv_file(path, dtype={"video": str, "id": str}, keep_default_na=False)
+        for column in ("video", "label"):  # spaces a spreadsheet left around a cell are no part of a name
+            if column in table.columns and pd.api.types.is_string_dtype(table[column]):
+                table[column] = table[column].str.strip()
         missing = [column for column in columns if column not in table.columns]
         if missing:
             raise AnnotationError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")

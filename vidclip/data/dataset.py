@@ -11,11 +11,17 @@ all-False frame mask, ``valid=False`` and the reason in ``errors``. The losses a
 slots. Keeping the slot (rather than dropping the item in the collate) keeps every process's batch the same
 size, which the cross-process gather of the contrastive loss needs, and makes N processes compute exactly
 what one process computes over the same surviving samples.
+
+A video that kills the worker decoding it (the kernel's OOM killer, a decoder crash) cannot report itself:
+workers offer themselves to the OOM killer first (:func:`init_worker`), and the inference pipeline finds the
+video and gives it its row with :func:`worker_death_reason` (``vidclip.inference.pipeline``). The pixel
+budget (``max_pixels``) keeps a video that claims a huge frame from being decoded at all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +33,7 @@ from torch.utils.data import Dataset, Sampler
 
 from vidclip.config import ConfigError
 from vidclip.video import check_decoder, frames_device, load_frames
+from vidclip.video.decoders import DEFAULT_MAX_PIXELS
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
@@ -71,7 +78,8 @@ class VideoDataset(Dataset):
     tokens (``texts``) or integer label (``labels``) when given.
 
     An item is a dict: ``video`` float (T, 3, S, S), ``mask`` bool (T,) True = a real frame, ``valid`` bool,
-    ``error`` None or (path, reason), ``index`` int, and ``tokens`` int (L,) / ``label`` int.
+    ``error`` None or (path, reason), ``index`` int, and ``tokens`` int (L,) / ``label`` int. ``max_pixels``
+    is the pixel budget of a frame (None or 0: none), see :func:`vidclip.video.load_frames`.
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class VideoDataset(Dataset):
         texts: list[str] | None = None,
         tokenizer: Tokenizer | None = None,
         labels: list[int] | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if texts is not None and (tokenizer is None or len(texts) != len(paths)):
             raise ValueError("texts need a tokenizer and one text per video path")
@@ -98,13 +107,22 @@ class VideoDataset(Dataset):
         self.paths, self.texts, self.labels, self.tokenizer = paths, texts, labels, tokenizer
         self.num_frames, self.sampling, self.fps, self.decoder = num_frames, sampling, fps, decoder
         self.transform, self.image_size, self.seed, self.timeout = transform, image_size, seed, timeout
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        item: dict[str, Any] = {"index": index, **self._decode(epoch, index)}
+        return self._with_targets({"index": index, **self._decode(epoch, index)})
+
+    def failed_item(self, index: int, reason: str) -> dict[str, Any]:
+        """Item ``index`` as a failure with ``reason``, made without decoding (for a video whose decoding
+        killed its worker process)."""
+        return self._with_targets({"index": index, **self._failure(self.paths[index], reason)})
+
+    def _with_targets(self, item: dict[str, Any]) -> dict[str, Any]:
+        index = item["index"]
         if self.texts is not None:
             item["tokens"] = self.tokenizer([self.texts[index]])[0]
         if self.labels is not None:
@@ -123,17 +141,21 @@ class VideoDataset(Dataset):
                     fps=self.fps,
                     generator=generator,
                     decoder=self.decoder,
+                    max_pixels=self.max_pixels,
                 )
             video = self.transform(clip.frames, generator=generator)  # (T, 3, S, S)
         except Exception as err:  # any failure costs this sample only, and travels as its reason
-            size = self.image_size
-            return {
-                "video": torch.zeros(self.num_frames, 3, size, size, device=frames_device(self.decoder)),
-                "mask": torch.zeros(self.num_frames, dtype=torch.bool),
-                "valid": False,
-                "error": (path, failure_reason(err, self.timeout)),
-            }
+            return self._failure(path, failure_reason(err, self.timeout))
         return {"video": video, "mask": clip.mask, "valid": True, "error": None}
+
+    def _failure(self, path: str, reason: str) -> dict[str, Any]:
+        size = self.image_size
+        return {
+            "video": torch.zeros(self.num_frames, 3, size, size, device=frames_device(self.decoder)),
+            "mask": torch.zeros(self.num_frames, dtype=torch.bool),
+            "valid": False,
+            "error": (path, reason),
+        }
 
 
 def failure_reason(err: BaseException, timeout: float = 0.0) -> str:
@@ -144,6 +166,29 @@ def failure_reason(err: BaseException, timeout: float = 0.0) -> str:
         return "no such file"
     reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
     return " ".join(str(reason).split())
+
+
+_DEATH_HINTS = {
+    signal.SIGKILL: "out of memory?",  # what the kernel's OOM killer sends
+    signal.SIGSEGV: "the decoder crashed",
+    signal.SIGBUS: "the decoder crashed",
+    signal.SIGABRT: "the decoder aborted",
+}
+
+
+def worker_death_reason(exitcode: int | None) -> str:
+    """Why a video has no result when the worker process decoding it died: its signal or exit status, as
+    ``multiprocessing`` reports it (negative: killed by that signal)."""
+    if exitcode is None:
+        return "the decoding process died"
+    if exitcode < 0:
+        number = -exitcode
+        try:
+            hint = _DEATH_HINTS.get(signal.Signals(number)) or signal.Signals(number).name
+        except ValueError:
+            hint = "unknown signal"
+        return f"the decoding process died (killed by signal {number}: {hint})"
+    return f"the decoding process died (it exited with status {exitcode})"
 
 
 class DecodeTimeout(Exception):
@@ -227,7 +272,16 @@ class CaptionTokenizer:
 def init_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn`` of every loader: Ctrl-C reaches the whole process group, and only the main
     process handles it (the trainer stops at a step boundary and saves, extract writes what it has), so workers
-    must not die from it; and a worker decodes one video at a time with one thread (the workers already run in
-    parallel: more threads each only compete for the cores)."""
+    must not die from it; a worker decodes one video at a time with one thread (the workers already run in
+    parallel: more threads each only compete for the cores); and when memory runs out, the kernel's OOM
+    killer takes a worker (one video, which the pipeline names) before the main process (the run)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    prefer_for_oom_killer()
+
+
+def prefer_for_oom_killer() -> None:
+    """Make this process the OOM killer's first choice (Linux; raising one's own score needs no privilege)."""
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{os.getpid()}/oom_score_adj", "w") as f:
+            f.write("1000")

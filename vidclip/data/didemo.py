@@ -28,6 +28,7 @@ from vidclip.data.base import (
     RetrievalAnnotations,
     Split,
     VideoRecord,
+    open_text,
     read_lines,
     register_format,
 )
@@ -77,10 +78,10 @@ class DidemoReader(AnnotationReader):
 
 def load_paragraphs(path: Path) -> dict[str, str]:
     """{video: its descriptions joined in file order} from a DiDeMo json; errors name the file and entry."""
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         try:
             moments = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a UnicodeDecodeError: not UTF-8 text
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # Unicode: bad bytes after a BOM
             raise AnnotationError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(moments, list):
         raise AnnotationError(f"{path}: expected a list of moments (DiDeMo's {{split}}_data.json)")

@@ -84,6 +84,7 @@ def create_train_data(config: Config, model: VideoCLIP, tokenizer: Tokenizer, mi
         fps=data.fps,
         decoder=data.decoder,
         timeout=data.timeout,
+        max_pixels=data.max_pixels,
     )
     if isinstance(annotations, RetrievalAnnotations):  # one item per caption, with its video
         paths = annotations.video_paths()
@@ -117,6 +118,7 @@ def create_eval_data(
         fps=config.data.fps,
         decoder=config.data.decoder,
         timeout=config.data.timeout,
+        max_pixels=config.data.max_pixels,
         labels=annotations.labels if isinstance(annotations, ClassificationAnnotations) else None,
     )
     workers, seed = loader_workers(config.data.decoder, config.data.num_workers), config.train.seed

@@ -82,7 +82,9 @@ def drop_missing(annotations: Annotations, source: str) -> CheckedAnnotations:
     ``source`` names the dataset and split in the warning, e.g. ``"msrvtt test (MSRVTT_JSFUSION_test.csv)"``.
     Videos already recorded as missing by an earlier check stay recorded.
     """
-    found = [os.path.isfile(path) for path in annotations.video_paths()]
+    found = [
+        os.path.lexists(path) for path in annotations.video_paths()
+    ]  # a FIFO or a loop: decoding says why
     missing = list(annotations.missing) if _is_checked(annotations) else []
     missing += [video for video, ok in zip(annotations.videos, found, strict=True) if not ok]
     if isinstance(annotations, RetrievalAnnotations):

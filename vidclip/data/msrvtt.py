@@ -33,6 +33,7 @@ from vidclip.data.base import (
     RetrievalAnnotations,
     Split,
     VideoRecord,
+    open_text,
     read_csv_file,
     read_lines,
     register_format,
@@ -109,10 +110,10 @@ def load_sentences(path: Path) -> dict[str, list[str]]:
     """MSRVTT_data.json -> {video_id: [captions in file order]}; errors name the file and the entry."""
     if not path.is_file():
         raise AnnotationError(f"data.annotations: no such file: {path}")
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         try:
             data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a UnicodeDecodeError: not UTF-8 text
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # Unicode: bad bytes after a BOM
             raise AnnotationError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict) or not isinstance(data.get("sentences"), list):
         raise AnnotationError(f"{path}: expected an object with a 'sentences' list (MSRVTT_data.json)")

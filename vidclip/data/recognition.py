@@ -42,6 +42,7 @@ from vidclip.data.base import (
     ClassificationAnnotations,
     Split,
     VideoRecord,
+    open_text,
     read_csv_file,
     read_lines,
     register_format,
@@ -189,7 +190,7 @@ class Ucf101Reader(AnnotationReader):
         folders = read_class_index(class_file)
         position = {name: i for i, name in enumerate(folders)}
         videos, labels = [], []
-        with open(path, encoding="utf-8") as f:
+        with open_text(path) as f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -244,7 +245,7 @@ class Hmdb51Reader(AnnotationReader):
     @staticmethod
     def _videos(file: Path, wanted: str) -> list[str]:
         found = []
-        with open(file, encoding="utf-8") as f:
+        with open_text(file) as f:
             for number, line in enumerate(f, start=1):
                 parts = line.split()
                 if not parts:

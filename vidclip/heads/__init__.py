@@ -7,6 +7,7 @@ from vidclip.heads import (
     seq_transformer,  # noqa: F401  (registers "seq_transformer")
     ted_adapter,  # noqa: F401  (registers "ted_adapter")
     vop,  # noqa: F401  (registers "vop")
+    x_pool,  # noqa: F401  (registers "x_pool")
 )
 from vidclip.heads.base import (
     HEADS,

@@ -62,6 +62,7 @@ class TemporalHead(nn.Module):
     text_conditioned: ClassVar[bool] = False  # similarity needs the text (score), else pool then cosine
     order_aware: ClassVar[bool] = False  # the result can change when frames are reordered
     parameter_efficient: ClassVar[bool] = False  # the backbone is frozen by default (prompts/adapters)
+    raw_text: ClassVar[bool] = False  # score gets the text features as encoded, not L2-normalised
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,7 +86,7 @@ class TemporalHead(nn.Module):
         raise TypeError(f"{type(self).__name__} is text-conditioned: it has no text-independent embedding")
 
     def score(self, text: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """text: (N, D) L2-normalised, frames: (B, T, D), mask: (B, T) -> cosine similarities (N, B)."""
+        """text: (N, D) unit (raw if ``raw_text``), frames: (B, T, D), mask: (B, T) -> cosines (N, B)."""
         return text @ self.pool(frames, mask).T
 
 

@@ -1,4 +1,4 @@
-"""``ted_adapter``: M2-CLIP's TED-Adapter — temporal adapters inside the ViT blocks, then frame mean pooling."""
+"""``ted_adapter``: M2-CLIP's TED-Adapter — temporal adapters in the ViT blocks, a text adapter, meanP."""
 
 from __future__ import annotations
 
@@ -65,22 +65,40 @@ class TEDAdapter(InstalledModule):
         return self.diff_up(rearrange(h, "b c t y x -> b t (y x) c"))  # (B, T, P, C)
 
 
+class TextAdapter(InstalledModule):
+    """M2-CLIP's text adapter on one text block's tokens (N, L, C): x + fc(GELU(fc(x))), every token.
+
+    Exact (erf) GELU; fc biases start at zero and fc weights keep PyTorch's init, as in M2-CLIP: unlike the
+    visual adapters it is *not* the identity at initialisation.
+    """
+
+    def __init__(self, width: int, bottleneck: int) -> None:
+        super().__init__()
+        self.down, self.up = nn.Linear(width, bottleneck), nn.Linear(bottleneck, width)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(F.gelu(self.down(x)))  # (N, L, C)
+
+
 class AdaptedBlock(WrappedBlock):
     """open_clip's ResidualAttentionBlock with an adapter between its attention and MLP residuals.
 
-    The adapter's output replaces the residual stream (M2-CLIP's ``adapter_pre_mlp``). It calls the wrapped
-    block's own modules in the block's order (open_clip 3's pre-LN block with optional layer scale);
-    ``tests/test_head_ted_adapter.py`` checks it equals the plain block when the adapter is off.
+    The adapter's output replaces the residual stream (M2-CLIP's ``adapter_pre_mlp``): a :class:`TEDAdapter`
+    in the ViT, a :class:`TextAdapter` in the text tower. It calls the wrapped block's own modules in the
+    block's order (open_clip 3's pre-LN block with optional layer scale); ``tests/test_head_ted_adapter.py``
+    checks it equals the plain block when the adapter is off.
     """
 
-    def __init__(self, block: nn.Module, adapter: TEDAdapter) -> None:
+    def __init__(self, block: nn.Module, adapter: nn.Module) -> None:
         super().__init__()
         self.block, self.adapter = block, adapter
 
     def forward(self, q_x, k_x=None, v_x=None, attn_mask=None):  # open_clip's call signature
         block = self.block
         x = q_x + block.ls_1(block.attention(q_x=block.ln_1(q_x), attn_mask=attn_mask))
-        x = self.adapter(x)  # (B*T, L, C)
+        x = self.adapter(x)  # (B*T, L, C) frames or (N, L, C) texts
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
@@ -106,36 +124,52 @@ class FrameAdapter(nn.Module):
 
 @register_head("ted_adapter")
 class TEDAdapterHead(MeanHead):
-    """M2-CLIP's visual TED-Adapter in the open_clip ViT blocks and on the frame embeddings, then meanP.
+    """M2-CLIP's TED-Adapter in the ViT blocks and on the frame embeddings, its text adapter, then meanP.
 
-    In each chosen block one adapter sits before the MLP: global temporal enhancement (a depthwise temporal
-    convolution on every token) and local temporal difference (spatially filtered differences of consecutive
-    frames' patch tokens). After the tower, M2-CLIP's temporal adapter (a depthwise temporal convolution on
-    the projected frame embeddings, always on in its visual branch) and the ``mean`` head's pooling. All start
-    as the identity, so the untrained model equals plain CLIP. Padded frames count as absent: a padded video
-    gives what the video cut to its real frames gives.
+    In each chosen ViT block one adapter sits before the MLP: global temporal enhancement (a depthwise
+    temporal convolution on every token) and local temporal difference (spatially filtered differences of
+    consecutive frames' patch tokens). After the tower, M2-CLIP's temporal adapter (a depthwise temporal
+    convolution on the projected frame embeddings, always on in its visual branch) and the ``mean`` head's
+    pooling. These start as the identity, so the untrained model's video embeddings equal plain CLIP's.
+    Padded frames count as absent: a padded video gives what the video cut to its real frames gives.
+
+    Text side (``text_adapters``, on by default as in M2-CLIP): one :class:`TextAdapter` (fc, exact GELU, fc,
+    residual) before the MLP of the last text block. M2-CLIP's ``multimodal_adapter12x384`` builds a 13-block
+    text transformer with adapters in blocks 11 and 12, but its ``Transformer.forward`` runs only blocks
+    0-11 (block 12, a copy of block 11, serves its masked-language-model branch), so the adapter that acts
+    on text features is block 11's: the last of CLIP's own blocks. It is not zero-initialised, so with it
+    the untrained model's *text* features are not plain CLIP's (``text_adapters=False`` keeps them).
 
     Reference: Wang et al., "M2-CLIP: A Multimodal, Multi-task Adapting Framework for Video Action Recognition",
     AAAI 2024; code: sallymmx/m2clip ``models_adapter.py`` (``Adapter2`` + ``OffsetAdapter`` per block,
-    ``Adapter1`` as ``t_adapter``; ViT-B/16 ``multimodal_adapter12x384``). M2-CLIP averages the adapted frame
-    embeddings before normalising; vidclip's meanP normalises each frame first. Not included: M2-CLIP's text
-    adapters, its masked-language-model head and its classification fc (multi-task losses).
+    ``Adapter1`` as ``t_adapter``, ``TextAdapter``; ViT-B/16 ``multimodal_adapter12x384``);
+    ``vidclip.convert.from_m2clip`` loads its checkpoints. M2-CLIP averages the adapted frame embeddings
+    before normalising; vidclip's meanP normalises each frame first. Not included: its masked-language-model
+    head (``mlm_adapter``, text block 12) and its classification fc (``visual.adapter_fc``), the multi-task
+    losses.
 
     Options:
-        bottleneck: adapter width in the blocks (default 384, M2-CLIP's for ViT-B; any width works).
+        bottleneck: adapter width in the blocks, visual and text (default 384, M2-CLIP's for ViT-B/16).
         blocks: indices of the ViT blocks that get an adapter (default: all, as ``adapter12x384``).
         frame_adapter: the temporal adapter on the frame embeddings (default True, as M2-CLIP).
+        text_adapters: M2-CLIP's text adapter in the last text block (default True, as M2-CLIP).
 
     Text-independent, order-aware, parameter-efficient (CLIP frozen by default). Trainable parameters on
-    ViT-B/16: 14,511,872 = 12 block adapters of 1,187,328 + the frame adapter's 263,936. M2-CLIP trains
-    16.1 M on Kinetics-400: these plus its text adapters (0.79 M), MLM head (0.53 M) and class fc (0.31 M).
+    ViT-B/16: 14,905,984 = 12 block adapters of 1,187,328 + the frame adapter's 263,936 + the text adapter's
+    394,112 (14,511,872 with ``text_adapters=False``). M2-CLIP trains 16.1 M on Kinetics-400: these plus its
+    unused block-12 text adapter (0.39 M), MLM head and class fc.
     """
 
     order_aware = True
     parameter_efficient = True
 
     def __init__(
-        self, *, bottleneck: int = 384, blocks: list[int] | None = None, frame_adapter: bool = True
+        self,
+        *,
+        bottleneck: int = 384,
+        blocks: list[int] | None = None,
+        frame_adapter: bool = True,
+        text_adapters: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(bottleneck, int) or bottleneck < 1:
@@ -143,6 +177,7 @@ class TEDAdapterHead(MeanHead):
         self.bottleneck = bottleneck
         self.blocks = None if blocks is None else [int(i) for i in blocks]
         self.use_frame_adapter = bool(frame_adapter)
+        self.use_text_adapters = bool(text_adapters)
         self.frame_adapter: FrameAdapter | None = None  # built by attach, once the embedding width is known
 
     def attach(self, clip: nn.Module, *, num_frames: int) -> None:
@@ -170,6 +205,27 @@ class TEDAdapterHead(MeanHead):
             resblocks[index] = AdaptedBlock(block, adapter)
         if self.use_frame_adapter:
             self.frame_adapter = FrameAdapter(visual.output_dim).to(dtype)
+        if self.use_text_adapters:
+            self._attach_text(clip)
+
+    def _attach_text(self, clip: nn.Module) -> None:
+        """Wrap the last text block with M2-CLIP's text adapter (the one its ``encode_text`` runs)."""
+        from open_clip.transformer import ResidualAttentionBlock, Transformer
+
+        tower = getattr(clip, "text", clip)  # CustomTextCLIP keeps its text tower under .text
+        transformer = getattr(tower, "transformer", None)
+        blocks = getattr(transformer, "resblocks", None)
+        if (
+            not isinstance(transformer, Transformer)
+            or not blocks
+            or type(blocks[-1]) is not ResidualAttentionBlock
+        ):
+            raise ValueError(
+                "ted_adapter's text adapters need an open_clip text transformer of ResidualAttentionBlocks; "
+                "pass text_adapters=False for this model"
+            )
+        adapter = TextAdapter(transformer.width, self.bottleneck).to(transformer.get_cast_dtype())
+        blocks[-1] = AdaptedBlock(blocks[-1], adapter)
 
     def encode_frames(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """frames: (B, T, D), mask: (B, T) -> frames through the frame adapter, if any (B, T, D)."""

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from vidclip.data.base import ClassificationAnnotations
+from vidclip.data.files import display_path
 from vidclip.data.lookup import ensure_checked
 from vidclip.inference.pipeline import (
     EncodedVideos,
@@ -99,12 +100,12 @@ def prediction_table(
         valid = bool(videos.valid[i]) and bool(finite[i])  # never a label with a NaN score
         if bool(videos.valid[i]) and not finite[i]:
             errors[path] = NON_FINITE
-        row: dict[str, object] = {"video": path}
+        row: dict[str, object] = {"video": display_path(path)}  # a DataFrame holds no surrogate escapes
         for rank, (score, index) in enumerate(zip(scores[i].tolist(), indices[i].tolist(), strict=True)):
             suffix = "" if rank == 0 else f"_{rank + 1}"
             row[f"label{suffix}"] = labels[index] if valid else None
             row[f"score{suffix}"] = round(score, 6) if valid else None
-        row["error"] = None if valid else errors.get(path, "could not be decoded")
+        row["error"] = None if valid else display_path(errors.get(path, "could not be decoded"))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -6,6 +6,12 @@ Videos are decoded, sampled and transformed in DataLoader worker processes by :c
 time limit. The failure policy is one: a video that cannot be decoded, or whose decoding runs past the limit,
 keeps its slot marked invalid with its reason, is never scored, and is named and counted by
 :func:`report_failures`; one broken file costs its own row, never the run.
+
+That holds for a video that kills the worker process decoding it (the kernel's OOM killer, a decoder crash)
+too: :class:`SurvivingBatches` finds it and gives it its row ("the decoding process died (killed by signal 9:
+out of memory?)"), and the run goes on. Decoding in the main process (0 workers, or a GPU decoder) cannot be
+isolated: there such a video ends the run. Memory is bounded by a pixel budget (``max_pixels``), checked from
+a video's header before decoding, and by resizing that never grows with a frame's aspect ratio.
 """
 
 from __future__ import annotations
@@ -20,10 +26,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from vidclip.config import check_timeout, normalize_precision
-from vidclip.data.dataset import VideoDataset, collate, create_caption_tokenizer, init_worker
+from vidclip.data.dataset import (
+    VideoDataset,
+    collate,
+    create_caption_tokenizer,
+)
 from vidclip.inference.prefetch import decode_ahead
 from vidclip.inference.runtime import Precision, autocast, compile_image_tower, resolve_device
+from vidclip.inference.surviving import SurvivingBatches
 from vidclip.model import VideoCLIP, VideoFeatures
+from vidclip.video.decoders import DEFAULT_MAX_PIXELS
 
 logger = logging.getLogger("vidclip.inference")
 DEFAULT_TIMEOUT = 600.0
@@ -32,10 +44,11 @@ DEFAULT_TIMEOUT = 600.0
 @dataclass(frozen=True)
 class EncodeOptions:
     """How videos are read and encoded; the same fields are the same flags in every command
-    (``--decoder --timeout --precision --compile --batch-size --num-workers --device``).
+    (``--decoder --timeout --max-pixels --precision --compile --batch-size --num-workers --device``).
 
     ``num_frames`` None is the model's; ``num_workers`` None is min(4, the CPUs this process may use);
-    ``timeout`` is seconds per video (0: no limit; not applied by GPU decoders, which decode in a thread).
+    ``timeout`` is seconds per video (0: no limit; not applied by GPU decoders, which decode in a thread);
+    ``max_pixels`` is the pixel budget of a frame, above which a video fails before decoding (0: none).
     """
 
     num_frames: int | None = None
@@ -43,6 +56,7 @@ class EncodeOptions:
     fps: float | None = None
     decoder: str = "auto"
     timeout: float = DEFAULT_TIMEOUT
+    max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int = 32
     num_workers: int | None = None
     device: str | torch.device | None = None
@@ -57,6 +71,8 @@ class EncodeOptions:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
+        if self.max_pixels < 0:
+            raise ValueError(f"max_pixels must be 0 (no limit) or more, got {self.max_pixels}")
 
     @classmethod
     def of(cls, options: EncodeOptions | None = None, **overrides: Any) -> EncodeOptions:
@@ -97,8 +113,9 @@ class EncodedVideos:
 def create_video_loader(
     model: VideoCLIP, paths: list[str], options: EncodeOptions, device: torch.device
 ) -> Iterable[dict[str, Any]]:
-    """Batches of ``paths`` decoded in worker processes (or read ahead in a thread for a GPU decoder), in order."""
-    from vidclip.video import decodes_on_device, get_video_transform, loader_workers
+    """Batches of ``paths`` decoded in worker processes (or read ahead in a thread for a GPU decoder), in order;
+    a video that kills its worker gets a failed slot saying so (:class:`vidclip.inference.surviving.SurvivingBatches`)."""
+    from vidclip.video import get_video_transform, loader_workers
 
     dataset = VideoDataset(
         list(paths),
@@ -109,16 +126,12 @@ def create_video_loader(
         fps=options.fps,
         decoder=options.decoder,
         timeout=options.timeout,
+        max_pixels=options.max_pixels,
     )
     workers = loader_workers(options.decoder, options.num_workers)
-    loader = DataLoader(
-        dataset,
-        batch_size=options.batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda" and not decodes_on_device(options.decoder),
-        worker_init_fn=init_worker if workers else None,
-    )
+    if workers:
+        return SurvivingBatches(dataset, options.batch_size, workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(dataset, batch_size=options.batch_size, collate_fn=collate)  # in this process
     return decode_ahead(loader, options.decoder, device)
 
 
@@ -242,9 +255,11 @@ def report_failures(
     errors: list[tuple[str, str]], total: int, what: str = "videos", dropped: str = ""
 ) -> None:
     """The failure policy's one message: how many of ``total`` failed and were dropped, the first five named."""
+    from vidclip.data.files import display_path  # names that are not UTF-8 print as clip_\xff.mp4
+
     if not errors:
         return
-    shown = "; ".join(f"{path}: {reason}" for path, reason in errors[:5])
+    shown = "; ".join(f"{display_path(path)}: {display_path(reason)}" for path, reason in errors[:5])
     more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
     logger.warning(
         f"{len(errors)} of {total} {what} could not be decoded and were dropped{dropped}: {shown}{more}"

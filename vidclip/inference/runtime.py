@@ -97,5 +97,7 @@ def compile_image_tower(model: VideoCLIP) -> VideoCLIP:
     for compilation (about a minute for ViT-B/32) and a different batch shape for a recompilation.
     """
     visual = model.clip.visual
-    visual.forward = torch.compile(visual.forward)
+    if not getattr(visual, "_vidclip_compiled", False):  # twice would compile the compiled forward again
+        visual.forward = torch.compile(visual.forward)
+        visual._vidclip_compiled = True
     return model

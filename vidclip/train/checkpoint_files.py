@@ -24,10 +24,6 @@ class CheckpointFileError(ValueError):
         self.path = path
 
 
-def write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value))
-
-
 def rng_state() -> dict[str, Any]:
     """This process's random generator states as JSON values (torch's byte states as hex)."""
     version, internal, gauss_next = random.getstate()

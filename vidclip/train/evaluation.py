@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vidclip.fileio import reporting_full_disk
 from vidclip.inference.retrieval import keep_decoded
 from vidclip.losses import class_embeddings
 from vidclip.metrics import retrieval_metrics
@@ -111,5 +112,6 @@ def log_metrics(run: Run, metrics: dict[str, float], echo: bool = True) -> None:
     if echo:
         get_logger(__name__).info(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     if run.accelerator.is_main_process:
-        with open(Path(run.config.output_dir) / "metrics.jsonl", "a") as f:
+        path = Path(run.config.output_dir) / "metrics.jsonl"
+        with reporting_full_disk(path), open(path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")

@@ -17,7 +17,7 @@ import torch
 from vidclip.losses import class_embeddings, classification_loss, contrastive_loss
 from vidclip.optim import clamp_logit_scale
 from vidclip.train.evaluation import log_metrics, validate
-from vidclip.train.state import TrainingDiverged, save_state
+from vidclip.train.state import RunError, TrainingDiverged, save_state
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -100,8 +100,8 @@ def check_first_batch(run: Run, batch: dict[str, Any]) -> None:
     """Fail fast when no video of the first global batch decodes (usually a wrong data.video_root)."""
     if int(run.accelerator.reduce(batch["valid"].sum(), "sum")) == 0:
         examples = "; ".join(f"{path}: {reason}" for path, reason in batch["errors"][:3])
-        raise RuntimeError(
-            f"no video of the first batch could be decoded (check data.video_root): {examples}"
+        raise RunError(
+            f"no video of the first batch could be decoded (check data.train and data.video_root): {examples}"
         )
 
 

@@ -32,6 +32,7 @@ import torch
 from vidclip.checkpoint import SPEC_METADATA_KEY as SPEC_KEY
 from vidclip.checkpoint import WEIGHTS_NAME, list_step_checkpoints, save_checkpoint, step_checkpoint_dir
 from vidclip.config import Config, ConfigError, diff_configs, flatten, load_config, save_config
+from vidclip.fileio import atomic_path, write_text_atomic
 from vidclip.model import VideoCLIP
 from vidclip.train.checkpoint_files import (
     CheckpointFileError,
@@ -42,7 +43,6 @@ from vidclip.train.checkpoint_files import (
     read_safetensors,
     reading,
     rng_state,
-    write_json,
 )
 
 if TYPE_CHECKING:
@@ -94,12 +94,20 @@ class Run:
     skipped_steps: int = 0  # fp16: optimizer steps skipped in a row for non-finite gradients
 
 
+class RunError(RuntimeError):
+    """A run that cannot start or go on for a reason the user can act on (no video of the first batch decodes,
+    no step checkpoint reads back); the message is one line that says what to check."""
+
+
 def preflight(config: Config, resume: bool) -> None:
     """Checks that need no model or data, before anything slow is built: a train split, a length, a known
-    annotation format, and no run to overwrite by accident."""
+    annotation format, head and model name, an output_dir that can be written, and no run to overwrite by
+    accident."""
     from vidclip.data import get_reader
     from vidclip.video import DecoderUnavailableError, check_decoder
 
+    check_output_dir(config.output_dir)
+    check_model_section(config)
     if config.data.train is None:
         raise ConfigError("data.train is not set: training needs a train split")
     if not (config.train.max_steps or config.train.epochs):
@@ -114,6 +122,44 @@ def preflight(config: Config, resume: bool) -> None:
             f"output_dir {config.output_dir} already holds a run: pass --resume to continue it, "
             "or choose another output_dir"
         )
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> None:
+    """Refuse an ``output_dir`` that is a file, lies under a file, or sits where this user cannot write."""
+    target = Path(output_dir)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"output_dir {target} is a file, not a folder: choose another output_dir")
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir {target}: {existing} is a file, so no folder can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):  # also False on a read-only file system, even for root
+        raise ConfigError(
+            f"output_dir {target}: cannot write in {existing} (read-only or permission denied): choose "
+            "another output_dir"
+        )
+
+
+def check_model_section(config: Config) -> None:
+    """An unknown model name, head or head option fails here, naming the key, before the model is built."""
+    import open_clip
+
+    from vidclip.heads import create_head, list_heads
+    from vidclip.model import register_model_configs
+
+    model = config.model
+    register_model_configs()
+    if model.name not in open_clip.list_models() and not model.name.startswith(("hf-hub:", "local-dir:")):
+        raise ConfigError(
+            f"model.name: unknown open_clip model {model.name!r}; see open_clip.list_models() (vidclip adds "
+            "'tiny')"
+        )
+    try:
+        create_head(model.head, **model.head_options)  # a small module: cheap next to the model
+    except ValueError as err:
+        key = "model.head" if model.head not in list_heads() else "model.head_options"
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def merge_failures(run: Run) -> None:
@@ -156,9 +202,14 @@ def save_state(run: Run) -> Path:
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    write_json(partial / rng_state_name(accelerator.process_index), rng_state())  # every process its own
-    if accelerator.is_main_process:
-        write_main_files(run, partial)
+    try:
+        write_json(partial / rng_state_name(accelerator.process_index), rng_state())  # every process its own
+        if accelerator.is_main_process:
+            write_main_files(run, partial)
+    except BaseException:  # e.g. DiskFullError: the checkpoints before stay, and the space goes back
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -169,8 +220,14 @@ def save_state(run: Run) -> Path:
     return final
 
 
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as JSON in ``path``, written whole or not at all (a full disk names the file)."""
+    write_text_atomic(path, json.dumps(value))
+
+
 def write_main_files(run: Run, folder: Path) -> None:
-    """The main process's part of a step checkpoint: everything but the other processes' RNG states."""
+    """The main process's part of a step checkpoint: everything but the other processes' RNG states. Every
+    file goes through ``atomic_path``, so a full disk is one error naming the file."""
     from safetensors.torch import save_file
 
     save_checkpoint(run.net, folder)
@@ -181,7 +238,8 @@ def write_main_files(run: Run, folder: Path) -> None:
         for name, value in entries.items()
     }
     groups = json.dumps(optimizer["param_groups"])
-    save_file(tensors, str(folder / OPTIMIZER_NAME), metadata={"param_groups": groups})
+    with atomic_path(folder / OPTIMIZER_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"param_groups": groups})
     write_json(folder / SCHEDULER_NAME, scheduler_state(run.scheduler))
     if run.accelerator.scaler is not None:
         write_json(folder / SCALER_NAME, run.accelerator.scaler.state_dict())
@@ -338,9 +396,9 @@ def load_latest_readable(run: Run, checkpoints: list[tuple[int, Path]]) -> Path:
             return folder
         if error is None:
             logger.warning(f"checkpoint {folder} is refused by another process; trying the one before")
-    raise RuntimeError(
-        f"no readable checkpoint in {Path(run.config.output_dir) / 'checkpoints'}: every step checkpoint was "
-        "refused (see the warnings above); remove them to start over"
+    raise RunError(
+        f"--resume: no readable checkpoint in {Path(run.config.output_dir) / 'checkpoints'}: every step "
+        "checkpoint was refused (see the warnings above); remove them to start over"
     )
 
 
@@ -387,7 +445,9 @@ def write_failures(run: Run) -> None:
         return
     path = Path(run.config.output_dir) / "failed_videos.txt"
     if run.accelerator.is_main_process:
-        path.write_text("".join(f"{video}\t{reason}\n" for video, reason in sorted(run.state.failed.items())))
+        write_text_atomic(
+            path, "".join(f"{video}\t{reason}\n" for video, reason in sorted(run.state.failed.items()))
+        )
     get_logger(__name__).warning(
         f"{len(run.state.failed)} videos could not be decoded and were skipped ({path})"
     )

@@ -14,6 +14,7 @@ import torch
 
 from vidclip.checkpoint import WEIGHTS_NAME, save_checkpoint, step_checkpoint_dir
 from vidclip.config import Config, ConfigError, config_to_dict, flatten
+from vidclip.fileio import FolderInUseError, exclusive_lock
 from vidclip.inference.runtime import check_precision
 from vidclip.model import VideoCLIP, create_model
 from vidclip.optim import configure_logit_scale, create_optimizer, create_scheduler
@@ -22,6 +23,7 @@ from vidclip.train.loop import StopSignal, fit
 from vidclip.train.state import (
     Run,
     TrainingDiverged,
+    check_output_dir,
     preflight,
     resume_or_start,
     save_state,
@@ -35,7 +37,23 @@ EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
 
 def train(config: Config, resume: bool = False) -> int:
-    """Run the training ``config`` describes; 0 when complete, 130 when a signal stopped it (state saved)."""
+    """Run the training ``config`` describes; 0 when complete, 130 when a signal stopped it (state saved).
+
+    Every process holds its rank's lock on ``output_dir`` (:func:`vidclip.fileio.exclusive_lock`) from before
+    anything there is read or written to the end: another run on the same ``output_dir`` is refused at once,
+    a ConfigError naming the folder and the PID holding it."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    check_output_dir(config.output_dir)  # a file, or unwritable: refused before the lock file is made in it
+    lock = Path(config.output_dir) / ".vidclip-train.lock"
+    try:
+        with exclusive_lock(lock, "vidclip train run", rank=rank, world=world):
+            return run_training(config, resume)
+    except FolderInUseError as err:
+        raise ConfigError(f"output_dir: {err}") from None
+
+
+def run_training(config: Config, resume: bool) -> int:
+    """:func:`train`, once the lock on ``output_dir`` is held."""
     from accelerate.logging import get_logger
     from accelerate.utils import set_seed
 
@@ -127,14 +145,17 @@ def tracker_config(config: Config) -> dict[str, Any]:
 def create_run_model(config: Config) -> VideoCLIP:
     """The model the config describes, with gradient checkpointing and the logit-scale rule applied."""
     spec = config.model
-    model = create_model(
-        spec.name,
-        spec.pretrained,
-        spec.head,
-        spec.num_frames,
-        freeze_backbone=spec.freeze_backbone,
-        **spec.head_options,
-    )
+    try:
+        model = create_model(
+            spec.name,
+            spec.pretrained,
+            spec.head,
+            spec.num_frames,
+            freeze_backbone=spec.freeze_backbone,
+            **spec.head_options,
+        )
+    except ValueError as err:  # an unknown model, tag, head or option: the config's fault, said in one line
+        raise ConfigError(f"model: {err}") from None
     if config.train.grad_checkpointing:
         model.clip.set_grad_checkpointing(True)
     configure_logit_scale(model, config.train.logit_scale)

@@ -3,6 +3,12 @@
 The backends live in :mod:`vidclip.video.decoders`, one module each, registered by name; ``auto`` is PyAV,
 exact on every file tested (see the README's decoding section). Frames are indexed in presentation order
 from 0, as both decord and FFmpeg's decoder emit them.
+
+Memory is bounded by a pixel budget: ``max_pixels`` per frame (default ``DEFAULT_MAX_PIXELS``, DCI 8K
+8192 x 4320; None or 0: none), checked from the stream's header before anything is decoded, by every backend.
+A larger frame fails that video ("frame size WxH is above the pixel budget ..."), as a downscaled decode
+would not save memory: FFmpeg decodes the full frame before any scaler sees it. The sampled frames of one
+video then take at most ``num_frames x max_pixels x 3`` bytes (12 frames of 8K UHD: 1.2 GB) per process.
 """
 
 from __future__ import annotations
@@ -13,26 +19,33 @@ from dataclasses import dataclass
 
 import torch
 
-from vidclip.video.decoders import AUTO, VideoReader, get_decoder
-from vidclip.video.errors import VideoDecodeError
+from vidclip.video.decoders import AUTO, DEFAULT_MAX_PIXELS, VideoReader, get_decoder
+from vidclip.video.decoders.base import enforces_pixel_budget
+from vidclip.video.decoders.pyav import check_pixel_budget
+from vidclip.video.errors import VideoDecodeError, check_video_file
 from vidclip.video.sampling import SamplingStrategy, pad_indices, sample_indices
 
 
-def open_video(path: str | os.PathLike, decoder: str = AUTO) -> VideoReader:
+def open_video(
+    path: str | os.PathLike, decoder: str = AUTO, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> VideoReader:
     """Open ``path`` with the named backend; raises FileNotFoundError or VideoDecodeError naming the file.
 
     ``auto`` is PyAV: exact frames on every file tested; ``decord`` is available on request but returns wrong
     frames after seeking in some H.264 streams; ``nvdec`` returns frames on the GPU. An unknown name raises
     ValueError; a decoder this machine cannot run raises DecoderUnavailableError saying what to install.
+    A frame size above ``max_pixels`` is a VideoDecodeError before decoding (see the module's docstring).
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such video file: {path}")
-    if os.path.isdir(path):
-        raise VideoDecodeError(path, "is a directory, not a video file")
+    check_video_file(path)  # from os.stat alone: a FIFO, device or link loop is refused before any open
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
-    reader = get_decoder(decoder)(path)  # what the backend itself needs, it checks when it opens the file
+    backend = get_decoder(decoder)
+    if enforces_pixel_budget(backend):  # what the backend needs, it checks when it opens the file
+        reader = backend(path, max_pixels=max_pixels)
+    else:  # a backend registered without a budget of its own: PyAV reads the header first
+        check_pixel_budget(path, max_pixels)
+        reader = backend(path)
     if reader.num_frames < 1:
         reader.close()
         raise VideoDecodeError(path, "the video stream has no frames")
@@ -63,9 +76,11 @@ def load_frames(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     decoder: str = AUTO,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> SampledFrames:
-    """Decode the ``num_frames`` frames that ``sampling`` picks; a shorter video repeats its last frame (masked)."""
-    reader = open_video(path, decoder)
+    """Decode the ``num_frames`` frames that ``sampling`` picks; a shorter video repeats its last frame (masked).
+    A video whose frames are above ``max_pixels`` is refused before decoding (VideoDecodeError)."""
+    reader = open_video(path, decoder, max_pixels=max_pixels)
     try:
         real = sample_indices(
             reader.num_frames,
@@ -96,13 +111,16 @@ def load_video(
     seed: int | None = None,
     decoder: str = AUTO,
     return_mask: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Decode a video's sampled frames as torch.uint8 (T, H, W, 3) RGB (and the (T,) bool mask if asked).
 
     Only the sampled frames are decoded. A video with fewer usable frames than ``num_frames`` repeats its last
     frame; ``return_mask=True`` tells which frames are real. See :func:`vidclip.sample_indices` for strategies.
     """
-    sampled = load_frames(path, num_frames, sampling, fps=fps, seed=seed, decoder=decoder)
+    sampled = load_frames(
+        path, num_frames, sampling, fps=fps, seed=seed, decoder=decoder, max_pixels=max_pixels
+    )
     return (sampled.frames, sampled.mask) if return_mask else sampled.frames
 
 

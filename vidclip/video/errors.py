@@ -5,11 +5,16 @@ machine cannot run; :class:`UnknownDecoderError`: a decoder name that nobody reg
 
 Decoders fail with FFmpeg's terse text ("moov atom not found", "Invalid data found when processing input").
 :func:`diagnose` turns that into a reason a user can act on: empty, not a video, truncated, no video stream.
+:func:`check_video_file` refuses, from ``os.stat`` alone, what is not a regular file (a FIFO, a device, a
+symbolic link loop): opening a FIFO for reading would block until some writer comes, a device never ends.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+from collections.abc import Callable
 
 # Leading bytes of the containers users meet; a file that starts like one but fails to open was cut short.
 _CONTAINER_SIGNATURES: tuple[tuple[int, bytes], ...] = (
@@ -41,6 +46,37 @@ class UnknownDecoderError(ValueError):
     """A decoder name that is neither ``auto`` nor registered; the message lists the registered ones."""
 
 
+_NOT_REGULAR: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_video_file(path: str | os.PathLike) -> None:
+    """Refuse ``path`` unless it is a regular file, without opening it: FileNotFoundError when nothing is
+    there (a link to nothing included), VideoDecodeError naming what is there instead (a folder, a FIFO, a
+    device, a socket, a symbolic link loop) or why it cannot be looked at."""
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to /dev/null is a character device
+    except FileNotFoundError:
+        dangling = " (a symbolic link to a missing target)" if os.path.islink(path) else ""
+        raise FileNotFoundError(f"no such video file: {path}{dangling}") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise VideoDecodeError(path, "not a regular file: a symbolic link loop") from None
+        raise VideoDecodeError(path, f"cannot read the file: {err.strerror or err}") from None
+    if stat.S_ISDIR(mode):
+        raise VideoDecodeError(path, "is a directory, not a video file")
+    for test, kind in _NOT_REGULAR:
+        if test(mode):
+            raise VideoDecodeError(path, f"not a regular file: {kind}")
+    if not stat.S_ISREG(mode):
+        raise VideoDecodeError(path, f"not a regular file (mode {stat.filemode(mode)})")
+
+
 def _looks_like_container(path: str) -> bool:
     with open(path, "rb") as f:
         head = f.read(16)
@@ -53,9 +89,16 @@ def diagnose(path: str, error: BaseException | None = None, num_frames: int | No
         f" ({str(error).strip().splitlines()[0][:200]})" if error is not None and str(error).strip() else ""
     )
     try:
+        check_video_file(path)  # before anything opens it: a FIFO would block
         size = os.path.getsize(path)
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return "no such file"
+    except VideoDecodeError as err:
+        return err.reason
     except OSError as err:
-        return f"cannot read the file: {err}"
+        return f"cannot read the file: {err.strerror or err}"
     if size == 0:
         return "empty file (0 bytes)"
     text = str(error).lower() if error is not None else ""

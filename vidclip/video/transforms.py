@@ -4,6 +4,13 @@ Evaluation follows CLIP's preprocessing (resize the short side to S with bicubic
 centre-crop S x S, scale to [0, 1], normalise with the model's mean and std). Training draws one random
 resized crop and one horizontal flip per video and applies them to every frame, so motion stays coherent.
 A batch (B, T, H, W, 3) is transformed in one call, each video with its own random crop in training mode.
+
+Memory does not grow with a frame's aspect ratio. Resizing the short side first makes a thin frame huge
+(2 x 4096 becomes 224 x 458752, 300 MB a frame, before the crop keeps 224 x 224), so a frame whose resized
+size would pass ``CROP_FIRST_ABOVE`` times S x S is resampled only where the crop reads: the same
+antialiased filter weights torch uses, for the S output rows and columns kept, applied to the band of source
+pixels they touch (:func:`resize_centre_crop`). Other frames take torchvision's resize and crop unchanged.
+Training's random resized crop already crops first, so it never made a large intermediate.
 """
 
 from __future__ import annotations
@@ -46,8 +53,7 @@ class VideoTransform:
         if self.train:
             video = self._random_crop_flip(video, generator)
         else:
-            video = TF.resize(video, [self.size], interpolation=self.interpolation, antialias=True)
-            video = TF.center_crop(video, [self.size, self.size])
+            video = resize_centre_crop(video, self.size, self.interpolation)
         return self._normalise(video)
 
     def _random_crop_flip(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -72,6 +78,64 @@ class VideoTransform:
         mean = torch.tensor(self.mean, device=video.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=video.device).view(1, 3, 1, 1)
         return (video.float() / 255.0 - mean) / std  # (T, 3, S, S)
+
+
+CROP_FIRST_ABOVE = 16  # resized frames larger than this many S x S (aspect beyond 16:1) are cropped first
+_FILTERS = {  # torch's antialiased kernels: (support at scale 1, weight of a distance); bicubic's a = -0.5
+    InterpolationMode.BICUBIC: (
+        2.0,
+        lambda x: torch.where(
+            x < 1, (1.5 * x - 2.5) * x * x + 1, torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * -0.5, 0.0)
+        ),
+    ),
+    InterpolationMode.BILINEAR: (1.0, lambda x: (1 - x).clamp(min=0)),
+}
+
+
+def resize_centre_crop(
+    video: torch.Tensor, size: int, interpolation: InterpolationMode = InterpolationMode.BICUBIC
+) -> torch.Tensor:
+    """CLIP's eval geometry: uint8 (T, 3, H, W) -> uint8 (T, 3, S, S), the short side resized to ``size`` with
+    antialiasing, then the centre ``size`` x ``size`` kept (torchvision's rounding of sizes and offsets).
+
+    A frame whose resized size would pass ``CROP_FIRST_ABOVE`` x S x S computes only the kept pixels (see the
+    module's docstring), in torch's order (horizontal pass rounded to uint8, then vertical): within two grey
+    levels of torchvision's result (whose uint8 kernel rounds its weights to fixed point), with memory of the
+    source band it reads (about the short side squared), never S times the long side.
+    """
+    height, width = video.shape[-2:]
+    short, long = sorted((height, width))
+    resized = (size, int(size * long / short))  # torchvision's rule for the long side
+    new_height, new_width = resized if height <= width else resized[::-1]
+    if new_height * new_width <= CROP_FIRST_ABOVE * size * size or interpolation not in _FILTERS:
+        video = TF.resize(video, [size], interpolation=interpolation, antialias=True)
+        return TF.center_crop(video, [size, size])
+    top, rows = resize_weights(height, new_height, int(round((new_height - size) / 2.0)), size, interpolation)
+    left, cols = resize_weights(width, new_width, int(round((new_width - size) / 2.0)), size, interpolation)
+    band = video[..., top : top + rows.shape[1], left : left + cols.shape[1]]  # the source pixels read
+    rows, cols = rows.to(video.device, torch.float32), cols.to(video.device, torch.float32)
+    # torch's order: the horizontal pass, rounded to uint8 (bicubic overshoots are clipped there), then the vertical
+    across = (band.float() @ cols.T).round_().clamp_(0, 255)  # (T, 3, rows read, S)
+    return (rows @ across).round_().clamp_(0, 255).to(torch.uint8)  # (T, 3, S, S)
+
+
+def resize_weights(
+    in_size: int, out_size: int, first: int, count: int, interpolation: InterpolationMode
+) -> tuple[int, torch.Tensor]:
+    """Outputs ``first .. first + count`` of torch's antialiased resize of one axis from ``in_size`` to
+    ``out_size`` (align_corners=False) as ``(start, weights)``: float64 (count, n) weights over the inputs
+    ``start .. start + n`` they read, each row normalised to 1 as torch does at the borders."""
+    support, kernel = _FILTERS[interpolation]
+    scale = in_size / out_size
+    support, step = support * max(scale, 1.0), 1.0 / max(scale, 1.0)
+    centres = scale * (torch.arange(first, first + count, dtype=torch.float64) + 0.5)  # (count,)
+    low = (centres - support + 0.5).long().clamp(min=0)  # torch truncates to int64 the same way
+    high = (centres + support + 0.5).long().clamp(max=in_size)
+    start, stop = int(low.min()), int(high.max())
+    inputs = torch.arange(start, stop, dtype=torch.float64)  # (n,)
+    weights = kernel(((inputs[None] - centres[:, None] + 0.5) * step).abs())  # (count, n)
+    weights = weights * ((inputs[None] >= low[:, None]) & (inputs[None] < high[:, None]))
+    return start, weights / weights.sum(1, keepdim=True)
 
 
 def random_resized_crop_box(

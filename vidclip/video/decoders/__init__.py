@@ -13,8 +13,10 @@ from vidclip.video.decoders import (
 from vidclip.video.decoders.base import (
     AUTO,
     DECODERS,
+    DEFAULT_MAX_PIXELS,
     VideoReader,
     check_decoder,
+    check_frame_size,
     decodes_on_device,
     frames_device,
     get_decoder,
@@ -28,8 +30,10 @@ from vidclip.video.decoders.torchcodec import nvdec_cpu_fallbacks
 __all__ = [
     "AUTO",
     "DECODERS",
+    "DEFAULT_MAX_PIXELS",
     "VideoReader",
     "check_decoder",
+    "check_frame_size",
     "decodes_on_device",
     "frames_device",
     "get_decoder",

@@ -7,13 +7,15 @@ highest ``auto_preference`` that can run on this machine (backends without one a
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 import torch
 
 from vidclip.registry import Registry
-from vidclip.video.errors import DecoderUnavailableError, UnknownDecoderError
+from vidclip.video.errors import DecoderUnavailableError, UnknownDecoderError, VideoDecodeError
 
 AUTO = "auto"
 
@@ -22,7 +24,10 @@ class VideoReader(Protocol):
     """An open video: ``get_frames`` returns uint8 RGB frames (k, H, W, 3) for in-range indices.
 
     A backend class may also set ``on_device = True`` (its frames come back on a GPU) and define a static
-    ``check_available()`` that raises DecoderUnavailableError where the machine cannot run it."""
+    ``check_available()`` that raises DecoderUnavailableError where the machine cannot run it. A backend whose
+    constructor takes a keyword ``max_pixels`` enforces that pixel budget itself, from the stream's header
+    before it decodes anything (:func:`check_frame_size`); for any other (a subclass whose ``__init__`` takes
+    only the path included), :func:`vidclip.video.open_video` reads the header with PyAV first."""
 
     path: str
     num_frames: int
@@ -34,6 +39,31 @@ class VideoReader(Protocol):
 
 
 Reader = TypeVar("Reader", bound=type)
+
+# The pixel budget: frames larger than this are refused before decoding. The largest standard frame, DCI 8K
+# (8192 x 4320; 8K UHD 7680 x 4320 fits), is 106 MB as RGB; a video's sampled frames take num_frames x that.
+DEFAULT_MAX_PIXELS = 8192 * 4320
+
+
+def check_frame_size(path: str, width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse, with VideoDecodeError, a frame size above ``max_pixels`` (None or 0: no budget); a size the
+    header does not give (0) passes here and is left to the decoder's own check (PyAV's backend sets it)."""
+    if max_pixels and width * height > max_pixels:
+        raise VideoDecodeError(path, pixel_budget_reason(width, height, max_pixels))
+
+
+@functools.cache
+def enforces_pixel_budget(backend: type) -> bool:
+    """Whether a reader class takes ``max_pixels`` (and so checks the budget itself when it opens a file)."""
+    try:
+        return "max_pixels" in inspect.signature(backend).parameters
+    except (TypeError, ValueError):  # no signature to read: assume it does not
+        return False
+
+
+def pixel_budget_reason(width: int, height: int, max_pixels: int) -> str:
+    return f"frame size {width}x{height} is above the pixel budget of {max_pixels} pixels (--max-pixels)"
+
 
 DECODERS: Registry[type[VideoReader]] = Registry("decoder")
 _AUTO_PREFERENCE: dict[str, int] = {}  # name -> rank for ``auto``; higher is tried first

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import torch
 
-from vidclip.video.decoders.base import register_decoder
-from vidclip.video.decoders.pyav import PyAVReader
+from vidclip.video.decoders.base import DEFAULT_MAX_PIXELS, register_decoder
+from vidclip.video.decoders.pyav import PyAVReader, check_pixel_budget
 from vidclip.video.errors import VideoDecodeError
 
 
 @register_decoder("decord")
 class DecordReader:
-    """CPU decoding with decord; ``get_frames`` returns uint8 (k, H, W, 3) RGB frames."""
+    """CPU decoding with decord; ``get_frames`` returns uint8 (k, H, W, 3) RGB frames. ``max_pixels`` is the
+    pixel budget, checked with PyAV before decord opens the file (its opening decodes)."""
 
-    def __init__(self, path: str, num_threads: int = 1):
+    def __init__(self, path: str, num_threads: int = 1, max_pixels: int | None = DEFAULT_MAX_PIXELS):
         import decord  # lazy: `import vidclip` loads no decoder library
 
         self.path = path
+        check_pixel_budget(path, max_pixels)
         try:
             self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
         except Exception as err:  # decord raises DECORDError / RuntimeError with FFmpeg's text

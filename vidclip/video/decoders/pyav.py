@@ -12,6 +12,12 @@ Containers mark some frames as seek points that a decoder cannot start from (H.2
 IDR, in x264 streams without B-frames and lossless RGB x264): a seek that does not start on a decoded key
 frame is distrusted and an earlier seek point used instead. Streams without timestamps, or with frames no
 seek reaches, are decoded in order from the start, counting frames as the reference decode does.
+
+The pixel budget (``max_pixels``) is FFmpeg's own ``max_pixels`` option, given to the decoders that probe the
+streams while the file opens and to the one that decodes: FFmpeg refuses a larger picture before allocating
+it, even one larger than the header says. The header's size is checked before any packet is read. Formats
+that create their streams only while probing (MPEG program and transport streams) get no options there, so
+their first frames may be decoded once at the size they claim (FFmpeg caps it at about 268 million pixels).
 """
 
 from __future__ import annotations
@@ -19,13 +25,20 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import re
 from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from vidclip.video.decoders.base import in_worker_process, register_decoder
+from vidclip.video.decoders.base import (
+    DEFAULT_MAX_PIXELS,
+    check_frame_size,
+    in_worker_process,
+    pixel_budget_reason,
+    register_decoder,
+)
 from vidclip.video.errors import VideoDecodeError, diagnose
 
 log = logging.getLogger(__name__)
@@ -34,15 +47,23 @@ log = logging.getLogger(__name__)
 @register_decoder("pyav", auto_preference=0)  # the only one auto picks: exact on every file tested
 class PyAVReader:
     """CPU decoding with PyAV; ``get_frames`` returns uint8 (k, H, W, 3) RGB frames in the order asked, turned
-    upright where the file stores a display rotation (phone videos)."""
+    upright where the file stores a display rotation (phone videos). ``max_pixels`` (None or 0: none) is the
+    pixel budget of a frame, enforced before decoding."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.path, self.max_pixels = path, max_pixels
         self._container = self._open()
         if not self._container.streams.video:
             self._container.close()
             raise VideoDecodeError(path, "no video stream (the file holds only audio, subtitles or data)")
         stream = self._container.streams.video[0]
+        context = stream.codec_context
+        self.width, self.height = context.width, context.height  # 0 where the header does not say
+        try:
+            check_frame_size(path, self.width, self.height, max_pixels)  # before reading a packet
+        except VideoDecodeError:
+            self._container.close()
+            raise
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         self.fps = float(rate) if rate else 0.0
         self._pts, self._seek_points = self._frame_table(stream)
@@ -55,11 +76,12 @@ class PyAVReader:
         import av  # lazy: `import vidclip` loads no decoder library
 
         try:
-            container = av.open(self.path)
+            container = av.open(self.path, options=budget_options(self.max_pixels))
         except Exception as err:
             raise VideoDecodeError(self.path, diagnose(self.path, err)) from err
         if container.streams.video:
             stream = container.streams.video[0]
+            stream.codec_context.options = budget_options(self.max_pixels)
             if in_worker_process():
                 stream.thread_count = 1  # workers decode several videos at once already: no threads on top
             else:
@@ -95,6 +117,9 @@ class PyAVReader:
         except VideoDecodeError:
             raise
         except Exception as err:
+            size = size_beyond_budget(self.path, self.max_pixels) if self.max_pixels else None
+            if size is not None:  # before diagnose, which opens the file without a budget
+                raise VideoDecodeError(self.path, pixel_budget_reason(*size, self.max_pixels)) from err
             raise VideoDecodeError(self.path, diagnose(self.path, err, num_frames=self.num_frames)) from err
         return torch.stack([found[int(i)] for i in indices])
 
@@ -169,6 +194,69 @@ class PyAVReader:
 
     def close(self) -> None:
         self._container.close()
+
+
+def budget_options(max_pixels: int | None) -> dict[str, str]:
+    """FFmpeg options that make its decoders refuse a picture above ``max_pixels`` before allocating it (FFmpeg
+    takes at most INT_MAX, and refuses pictures of about 268 million pixels or more in any case)."""
+    return {"max_pixels": str(min(int(max_pixels), 2**31 - 1))} if max_pixels else {}
+
+
+_REFUSED_SIZE = re.compile(r"Picture size (\d+)x(\d+) exceeds")
+
+
+def size_beyond_budget(path: str, max_pixels: int) -> tuple[int, int] | None:
+    """The (width, height) FFmpeg refuses under ``max_pixels`` when it opens ``path`` and decodes its first
+    frames, or None when it refuses none. FFmpeg says so only in its log, which PyAV drops unless asked: the
+    log is captured (from this thread, not passed on) for this probe alone, on the failure path."""
+    import av
+    import av.logging
+
+    previous, skipped = av.logging.get_level(), av.logging.get_skip_repeated()
+    av.logging.set_level(av.logging.ERROR)
+    av.logging.set_skip_repeated(False)  # else the same refusal as the last file's is dropped as a repeat
+    try:
+        with av.logging.Capture(local=True) as logs:
+            try:
+                with av.open(path, options=budget_options(max_pixels)) as container:
+                    stream = container.streams.video[0]
+                    stream.codec_context.options = budget_options(max_pixels)
+                    next(iter(container.decode(stream)), None)  # the first frame: where a probe fails
+            except Exception:  # the failure is what is looked for; its words are in the log
+                pass
+    finally:
+        av.logging.set_level(previous)
+        av.logging.set_skip_repeated(skipped)
+    for _, _, message in logs:
+        found = _REFUSED_SIZE.search(message)
+        if found:
+            return int(found[1]), int(found[2])
+    return None
+
+
+def check_pixel_budget(path: str, max_pixels: int | None) -> None:
+    """Refuse ``path`` (VideoDecodeError) if its frames are above ``max_pixels``, read with PyAV under that
+    budget: the header's size, or, where the header has none, what FFmpeg refuses in the first frames. For
+    backends whose own opening decodes (decord, torchcodec: FFmpeg's stream probe decodes frames) and for
+    backends registered without a budget of their own. A file PyAV cannot open passes: its backend says why."""
+    if not max_pixels:
+        return
+    import av  # lazy: `import vidclip` loads no decoder library
+
+    try:
+        with av.open(path, options=budget_options(max_pixels)) as container:
+            if not container.streams.video:
+                return
+            context = container.streams.video[0].codec_context
+            width, height = context.width, context.height
+    except Exception:
+        return
+    if width and height:
+        check_frame_size(path, width, height, max_pixels)
+        return
+    size = size_beyond_budget(path, max_pixels)
+    if size is not None:
+        raise VideoDecodeError(path, pixel_budget_reason(*size, max_pixels))
 
 
 def upright_rgb(frame) -> torch.Tensor:

@@ -11,6 +11,8 @@ process when it happens and counts the videos (:func:`nvdec_cpu_fallbacks`), rat
 
 Needs ``pip install torchcodec`` (``vidclip[gpu]``) and FFmpeg's shared libraries on the system (e.g.
 ``apt install ffmpeg``; torchcodec 0.9-0.15 loads FFmpeg 4 to 8, 0.16 and later 4 to 9).
+The pixel budget is checked with PyAV, from the header (or FFmpeg's refusal of the first frames), before
+torchcodec opens the file; a stream whose frames grow later is not caught.
 :func:`check_torchcodec` says what is missing before any work starts.
 """
 
@@ -22,7 +24,8 @@ import warnings
 
 import torch
 
-from vidclip.video.decoders.base import in_worker_process, register_decoder
+from vidclip.video.decoders.base import DEFAULT_MAX_PIXELS, in_worker_process, register_decoder
+from vidclip.video.decoders.pyav import check_pixel_budget
 from vidclip.video.errors import DecoderUnavailableError, VideoDecodeError, diagnose
 
 log = logging.getLogger(__name__)
@@ -74,9 +77,10 @@ class TorchCodecReader:
     def check_available() -> None:
         check_torchcodec("cpu")
 
-    def __init__(self, path: str, device: str = "cpu"):
+    def __init__(self, path: str, device: str = "cpu", max_pixels: int | None = DEFAULT_MAX_PIXELS):
         video_decoder = check_torchcodec(device)
         self.path = path
+        check_pixel_budget(path, max_pixels)  # with PyAV, before torchcodec's opening decodes frames
         self.device = (
             torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device(device)
         )
@@ -120,8 +124,8 @@ class NvdecReader(TorchCodecReader):
     def check_available() -> None:
         check_torchcodec("cuda")
 
-    def __init__(self, path: str):
-        super().__init__(path, device="cuda")
+    def __init__(self, path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        super().__init__(path, device="cuda", max_pixels=max_pixels)
         self._fallback_checked = False
         self._check_cpu_fallback()  # NVDEC knows at once; FFmpeg's CUDA backend after the first frame
 

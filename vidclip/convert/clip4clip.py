@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 
+from vidclip.convert.common import describe_keys, load_strict, openai_to_open_clip_names, read_checkpoint_file
 from vidclip.model import ModelSpec, VideoCLIP, build_model
 
-# Entries OpenAI's JIT archives carry beside the weights (open_clip drops them the same way).
-_OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
 _UNSUPPORTED = {"cross.": "tightTransf's cross encoder", "clip.visual.conv2.": "linear_patch='3d'"}
 
 
@@ -82,16 +81,15 @@ def from_clip4clip(
     layout = _layout(state, head)
     spec = ModelSpec(model_name, None, layout.head, num_frames, layout.options(state), quick_gelu=True)
     model = build_model(spec, load_pretrained=False)
-    _load_into(model, _vidclip_state_dict(state, layout, model))
+    hint = " (is model_name the architecture the checkpoint was trained from?)"
+    load_strict(model, _vidclip_state_dict(state, layout, model), "CLIP4Clip", hint)
     return model
 
 
 def _load_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if isinstance(source, Mapping):
         return dict(source)
-    if not os.path.isfile(source):
-        raise FileNotFoundError(f"no CLIP4Clip checkpoint at {source}")
-    state = torch.load(source, map_location="cpu", weights_only=True)
+    state = read_checkpoint_file(source, "CLIP4Clip")
     if not isinstance(state, Mapping):
         raise ValueError(f"{source} holds a {type(state).__name__}, not a CLIP4Clip state dict")
     return dict(state)
@@ -127,53 +125,14 @@ def _vidclip_state_dict(
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"keys with no place in a vidclip '{layout.head}' model: {_describe(unknown)}")
-    return {**{f"clip.{k}": v for k, v in _open_clip_names(clip_state, model.clip).items()}, **head_state}
-
-
-def _open_clip_names(state: dict[str, torch.Tensor], clip: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """OpenAI CLIP names -> open_clip's: the same for open_clip's ``CLIP``; its ``CustomTextCLIP`` nests the
-    text tower under ``text.`` (open_clip's own converter does that move)."""
-    from open_clip.model import convert_to_custom_text_state_dict
-
-    state = {k: v for k, v in state.items() if k not in _OPENAI_METADATA}
-    return state if hasattr(clip, "positional_embedding") else convert_to_custom_text_state_dict(state)
-
-
-def _load_into(model: VideoCLIP, state: dict[str, torch.Tensor]) -> None:
-    """Strict load with readable errors: missing, unexpected and wrongly-shaped keys are listed together."""
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    shapes = [
-        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in state
-        if key in expected and state[key].shape != expected[key].shape
-    ]
-    problems = [
-        f"{label}: {_describe(keys)}"
-        for label, keys in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("wrong shape (checkpoint vs model)", shapes),
-        )
-        if keys
-    ]
-    if problems:
-        hint = " (is model_name the architecture the checkpoint was trained from?)" if shapes else ""
         raise ValueError(
-            f"the CLIP4Clip checkpoint does not fit {model.spec.model_name} with head '{model.spec.head}': "
-            + "; ".join(problems)
-            + hint
+            f"keys with no place in a vidclip '{layout.head}' model: {describe_keys(unknown, hints=_UNSUPPORTED)}"
         )
-    model.load_state_dict(state)
+    return {
+        **{f"clip.{k}": v for k, v in openai_to_open_clip_names(clip_state, model.clip).items()},
+        **head_state,
+    }
 
 
 def _matching_prefix(key: str, prefixes: Mapping[str, str]) -> str | None:
     return next((prefix for prefix in prefixes if key.startswith(prefix)), None)
-
-
-def _describe(keys: list[str], limit: int = 12) -> str:
-    hints = {hint for prefix, hint in _UNSUPPORTED.items() for key in keys if key.startswith(prefix)}
-    shown = ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-    return shown + (f" [unsupported CLIP4Clip feature: {', '.join(sorted(hints))}]" if hints else "")
