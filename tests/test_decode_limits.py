@@ -313,3 +313,52 @@ def test_workers_offer_themselves_to_the_oom_killer_before_the_main_process():
         OomScore(), batch_size=None, num_workers=1, worker_init_fn=init_worker
     )
     assert list(loader) == [1000] and OomScore()[0] == main  # the main process keeps its own
+
+
+@pytest.mark.parametrize("other_worker_alive", [False, True])
+@pytest.mark.parametrize(
+    "error",
+    [ConnectionResetError(104, "Connection reset by peer"), RuntimeError("received 0 items of ancdata")],
+)
+def test_a_batch_lost_in_transit_from_a_dead_worker_counts_as_its_death(
+    monkeypatch, other_worker_alive, error
+):
+    """A worker can queue a batch and die before handing over its tensors (they travel by file descriptor):
+    receiving it then fails with ConnectionResetError. That is the worker's death, not the run's end; with every
+    worker alive the same error is a real one and propagates."""
+    from vidclip.inference import surviving
+
+    class Worker:
+        def __init__(self, alive: bool) -> None:
+            self.alive, self.exitcode = alive, None if alive else -9
+
+        def is_alive(self) -> bool:
+            return self.alive
+
+    class Iterator:
+        def __init__(self) -> None:
+            self._workers, self.calls = [Worker(True), Worker(other_worker_alive)], 0
+
+        def __next__(self):
+            self.calls += 1
+            if self.calls == 1:
+                return {"index": [0, 1]}
+            raise error
+
+    class Loader:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __iter__(self):
+            return Iterator()
+
+    real_wait = surviving._wait_for_dead_worker
+    monkeypatch.setattr(surviving, "DataLoader", Loader)
+    monkeypatch.setattr(surviving, "_wait_for_dead_worker", lambda iterator: real_wait(iterator, seconds=0.0))
+    batches, death = surviving.SurvivingBatches(dataset=None, batch_size=2, workers=2), surviving._Death()
+    if other_worker_alive:
+        with pytest.raises(type(error)):
+            list(batches._run(range(4), death))
+    else:
+        assert list(batches._run(range(4), death)) == [{"index": [0, 1]}]
+        assert death.exitcode == -9

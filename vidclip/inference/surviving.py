@@ -103,9 +103,21 @@ class SurvivingBatches:
             except StopIteration:
                 return
             except RuntimeError as err:
-                if not _is_worker_death(err):
+                if _is_worker_death(err):
+                    death.exitcode = _dead_worker_exitcode(iterator)
+                else:  # e.g. "received 0 items of ancdata": a batch in transit from a worker that died
+                    exitcode = _wait_for_dead_worker(iterator)
+                    if exitcode is _ALIVE:
+                        raise
+                    death.exitcode = exitcode
+            except (OSError, EOFError):
+                # A batch the worker queued before it died, whose tensors travel by file descriptor: the dead
+                # worker can no longer hand them over (ConnectionResetError and the like). The batch is not
+                # yielded, so its videos are in the window decoded again.
+                exitcode = _wait_for_dead_worker(iterator)
+                if exitcode is _ALIVE:
                     raise
-                death.exitcode = _dead_worker_exitcode(iterator)
+                death.exitcode = exitcode
             if death.exitcode is not _ALIVE:
                 _shutdown(iterator)  # outside the except block: the error's traceback holds the iterator
                 return
@@ -148,6 +160,21 @@ def _dead_worker_exitcode(iterator: Any) -> int | None:
         if not worker.is_alive():
             return worker.exitcode
     return None
+
+
+def _wait_for_dead_worker(iterator: Any, seconds: float = 2.0) -> Any:
+    """The exit code of a worker of ``iterator`` that died, waiting up to ``seconds`` for the kernel to report
+    it (the error that made us look can arrive first); ``_ALIVE`` when every worker still runs."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        workers = getattr(iterator, "_workers", [])
+        if any(not worker.is_alive() for worker in workers):
+            return _dead_worker_exitcode(iterator)
+        if time.monotonic() > deadline:
+            return _ALIVE
+        time.sleep(0.05)
 
 
 def _shutdown(iterator: Any) -> None:
