@@ -122,9 +122,10 @@ def test_bench_decode_prints_its_ratios(tmp_path):
     out = run_tool(
         "bench_decode.py",
         *["--seconds", "2", "--height", "64", "--num-frames", "4", "--repeats", "1", "--gops", "30"],
-        *["--cache", str(tmp_path)],
+        *["--cache", str(tmp_path), "--dense-total", "60", "--dense-frames", "20"],
     )
     assert re.search(rf"\| 30 \| .* \| {RATIO} \| {RATIO} \|", out), out
+    assert re.search(rf"\| 20 \| [0-9]+ ms \| [0-9]+ ms \| [0-9]+ ms \| {RATIO} \|", out), out
 
 
 @pytest.mark.slow

@@ -239,3 +239,23 @@ def test_decoding_in_a_worker_uses_one_thread_and_in_the_main_process_several(in
     assert in_worker[0][0] == 1
     count, kind = dataset[0]
     assert kind.endswith("AUTO") and count != 1  # frame and slice threads, as many as FFmpeg sees fit
+
+
+def test_dense_sampling_decodes_forward_instead_of_seeking_to_skip_a_frame(index_video, monkeypatch):
+    """A file with a key frame every 3 frames, every other frame wanted: seeking before each would skip one
+    frame at a time (2-3x the work of decoding forward); the reader seeks once and decodes on, frames exact."""
+    from vidclip.video.decoders import pyav
+
+    path = index_video(num_frames=48, codec="libx264", options={"g": "3", "keyint_min": "3", "bf": "0"})
+    seeks = []
+    real_seek = pyav.PyAVReader._seek
+    monkeypatch.setattr(pyav.PyAVReader, "_seek", lambda self, *a: seeks.append(a[0]) or real_seek(self, *a))
+    frames = vidclip.load_video(str(path), 24, "uniform", decoder="pyav")
+    indices = vidclip.sample_indices(48, 24, "uniform").tolist()
+    assert [read_frame_index(frame.numpy()) for frame in frames] == indices
+    assert len(seeks) == 1
+    far = vidclip.load_video(str(path), 3, "uniform", decoder="pyav")  # frames 8, 24, 40: seeking pays
+    assert [read_frame_index(frame.numpy()) for frame in far] == vidclip.sample_indices(
+        48, 3, "uniform"
+    ).tolist()
+    assert len(seeks) > 2

@@ -8,7 +8,10 @@ times, per call:
   A. decode every frame to RGB and keep the sampled ones (what CLIP4Clip-style loaders do),
   B. bare ``decord.VideoReader(path).get_batch(indices)`` (the floor for a decord-based loader),
   C. ``vidclip.load_video(path, num_frames, "uniform")``.
-Prints the medians and the ratios A/C (goal >= 10) and C/B (goal <= 1.25). Where they can run, the torchcodec
+Prints the medians and the ratios A/C (goal >= 10) and C/B (goal <= 1.25). Then dense sampling of a prepared
+file (a key frame every 3 frames, ``--dense-frames`` of ``--dense-total`` frames wanted): C against the same
+reader seeking before every wanted frame it can (``MIN_FRAMES_SKIPPED = 1``, what it did before) and against
+decoding every frame. Where they can run, the torchcodec
 backends are timed too, against C: ``torchcodec`` on the CPU, and ``nvdec`` on the GPU (frames left on the GPU,
 timed to ``torch.cuda.synchronize()``).
 """
@@ -108,6 +111,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--gops", type=int, nargs="+", default=[250, 30])
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vidclip-bench")
+    parser.add_argument("--dense-total", type=int, default=240, help="frames of the prepared file (30 fps)")
+    parser.add_argument("--dense-frames", type=int, nargs="+", default=[24, 48, 120])
     args = parser.parse_args()
 
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -150,6 +155,36 @@ def main() -> None:
         print("\n| keyframe interval | backend | time | / C | mean abs difference from C (0-255) |")
         print("|---|---|---|---|---|")
         print("\n".join(rows))
+    dense(args)
+
+
+def dense(args: argparse.Namespace) -> None:
+    """Dense sampling of a prepared file: decoding forward vs seeking before every wanted frame."""
+    from vidclip.video.decoders import pyav
+
+    seconds = max(1, args.dense_total // 30)
+    path = make_video(args.cache / f"bench_dense_{seconds}s_{args.height}p_g3.mp4", seconds, args.height, 3)
+    total = seconds * 30
+    print(f"\ndense sampling: {seconds} s {args.height}p H.264, a key frame every 3 frames ({total} frames)")
+    print(
+        "| frames wanted | seek before each | vidclip.load_video | decode every frame | seek / load_video |"
+    )
+    print("|---|---|---|---|---|")
+    for count in args.dense_frames:
+        indices = vidclip.sample_indices(total, count, "uniform").tolist()
+        ours = vidclip.load_video(path, count, "uniform")
+        assert np.array_equal(ours.numpy(), decode_every_frame(path, indices)), "load_video is not exact"
+        threshold, pyav.MIN_FRAMES_SKIPPED = pyav.MIN_FRAMES_SKIPPED, 1
+        try:
+            seeking = median_time(args.repeats, vidclip.load_video, path, count, "uniform")
+        finally:
+            pyav.MIN_FRAMES_SKIPPED = threshold
+        forward = median_time(args.repeats, vidclip.load_video, path, count, "uniform")
+        every = median_time(max(1, args.repeats // 2), decode_every_frame, path, indices)
+        print(
+            f"| {count} | {1000 * seeking:.0f} ms | {1000 * forward:.0f} ms | {1000 * every:.0f} ms "
+            f"| {seeking / forward:.2f}x |"
+        )
 
 
 if __name__ == "__main__":
