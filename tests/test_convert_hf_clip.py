@@ -15,7 +15,9 @@ import vidclip
 from vidclip.convert import from_hf_clip
 from vidclip.convert.hf_clip import convert_hf_clip_state_dict, open_clip_config
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip(
+    "transformers", reason="transformers (a test dependency in .[dev]) is not installed"
+)
 
 PARITY = 1e-5
 CONTEXT = 16

@@ -67,7 +67,9 @@ def openai_clip():
 def hf_clip():
     """transformers' CLIPModel of the same network (X-Pool's --huggingface; eos_token_id 2, as in
     openai/clip-vit-base-patch32's config: pooled at the highest id, like open_clip)."""
-    transformers = pytest.importorskip("transformers")
+    transformers = pytest.importorskip(
+        "transformers", reason="transformers (a test dependency in .[dev]) is not installed"
+    )
     config = transformers.CLIPConfig(
         text_config=dict(
             hidden_size=64,

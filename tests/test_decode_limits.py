@@ -304,7 +304,9 @@ class OomScore(torch.utils.data.Dataset):
             return int(f.read())
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/oom_score_adj"), reason="Linux only")
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/oom_score_adj"), reason="needs Linux (/proc/self/oom_score_adj)"
+)
 def test_workers_offer_themselves_to_the_oom_killer_before_the_main_process():
     from vidclip.data.dataset import init_worker
 

@@ -109,7 +109,7 @@ def test_training_refuses_a_decoder_it_cannot_run_as_a_config_error(tmp_path, mo
 
 def test_torchcodec_that_imports_without_ffmpeg_is_refused(monkeypatch):
     """From 0.16 torchcodec imports without FFmpeg's libraries (for its image decoders): say what to install."""
-    torchcodec = pytest.importorskip("torchcodec")
+    torchcodec = pytest.importorskip("torchcodec", reason="torchcodec (vidclip[gpu]) is not installed")
     _load_torchcodec.cache_clear()
     monkeypatch.setattr(torchcodec, "ffmpeg_major_version", None, raising=False)
     try:
