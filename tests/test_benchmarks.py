@@ -5,6 +5,7 @@ seconds per process on a 2-core machine: the command-line runs are marked slow. 
 train-step benchmark's premise: its two sides do the same work (same first-step loss).
 """
 
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 TOOLS = Path(__file__).parents[1] / "tools"
 sys.path.insert(0, str(TOOLS))
 import bench_memory  # noqa: E402
+import bench_moments  # noqa: E402
 import bench_train_step  # noqa: E402
 from backends import torchcodec_missing  # noqa: E402
 
@@ -139,3 +141,80 @@ def test_bench_extract_prints_each_decoder_against_model_bound(tmp_path):
     assert re.search(r"model-bound \(pre-decoded tensors\)\s+\d+\.\d+ videos/s", out), out
     for decoder in decoders:
         assert re.search(rf"decoder {decoder}\s+\d+\.\d+ videos/s\s+= \d+% of model-bound", out), out
+
+
+def test_bench_moments_long_videos_show_each_event_exactly_when_its_truth_says(tmp_path):
+    """The benchmark's premise: its ground truth is right. A frame shows the event's colour inside the event's
+    time range and only grey noise outside it."""
+    import numpy as np
+
+    import vidclip
+    from vidclip.synthetic.demo_data import COLOURS
+
+    args = bench_moments.parse_args(
+        "--videos 1 --seconds 20 20 --event-seconds 4 6 --size 32 --seed 3".split()
+    )
+    events = bench_moments.make_long_videos(tmp_path, args)
+    frames = vidclip.load_video(tmp_path / events[0].video, 160, "uniform").numpy().astype(float)  # 20 s x 8
+    assert len(frames) == 160
+    for event in events:
+        colour = np.array(COLOURS[event.colour], dtype=float)
+        near = (np.abs(frames - colour).max(axis=-1) < 40).sum(axis=(1, 2))  # pixels of the colour, per frame
+        inside = np.arange(160) / bench_moments.FPS
+        shown = (inside >= event.start) & (inside < event.end)
+        assert (near[shown] > 20).all() and (near[~shown & ~_any_other(events, event, inside)] == 0).all()
+
+
+def _any_other(events, event, times):
+    import numpy as np
+
+    mask = np.zeros(len(times), dtype=bool)
+    for other in events:
+        if other is not event:
+            mask |= (times >= other.start) & (times < other.end)
+    return mask
+
+
+@pytest.mark.slow
+def test_bench_moments_prints_both_answers_and_their_ratio(tmp_path):
+    out = run_tool(
+        "bench_moments.py",
+        *"--videos 2 --seconds 20 24 --event-seconds 4 8 --steps 4 --num-frames 4 --num-workers 0".split(),
+        *["--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "moments.json")],
+    )
+    for method in ("moments", "best window"):
+        assert re.search(rf"^\| {method} \| \d+% \| \d\.\d\d \| \d+% \|$", out, re.MULTILINE), out
+    assert re.search(r"moments / best window: IoU >= 0.5 (\d+\.\d+x|inf)", out), out
+    result = json.loads((tmp_path / "moments.json").read_text())
+    assert 2 <= len(result["events"]) <= 4  # one or two events per video
+    assert all(0 <= e["iou_moment"] <= 1 and 0 <= e["iou_window"] <= 1 for e in result["events"])
+    assert sum(q["events"] for q in result["queries"]) == len(result["events"])
+
+
+@pytest.mark.slow
+def test_bench_index_video_prints_frames_per_second_against_model_bound(tmp_path):
+    out = run_tool(
+        "bench_index_video.py",
+        *"--model tiny --seconds 6 --height 64 --num-frames 4 --segment 2 --num-workers 0 --device cpu".split(),
+        *["--cache", str(tmp_path), "--json", str(tmp_path / "index.json")],
+    )
+    assert re.search(r"model-bound \(transformed frames in memory\)\s+\d+\.\d frames/s", out), out
+    assert re.search(r"end to end\s+\d+\.\d frames/s\s+= \d+% of model-bound", out), out
+    result = json.loads((tmp_path / "index.json").read_text())
+    # 6 s, windows of 2 s every 1 s on a grid of 0.5 s: every grid point once, 12 frames for 5 windows
+    assert (result["windows"], result["frames_encoded"]) == (5, 12)
+
+
+@pytest.mark.slow
+def test_bench_index_prints_each_kind_against_flat_and_the_goal(tmp_path):
+    out = run_tool("bench_index.py", "--quick", "--json", str(tmp_path / "rows.json"))
+    for kind in (r"HNSW32,Flat", r"IVF\d+,PQ\d+x\d+"):
+        assert re.search(
+            rf"^clustered 5000: {kind} vs Flat: p50 speedup = {RATIO}.* recall@10 (0\.9\d\d|1\.000)$",
+            out,
+            re.M,
+        ), out
+    assert re.search(r"^\| uniform \(worst case\) \| 2000 \| Flat \(auto\) \|", out, re.M), out
+    assert re.search(r"^goal at 5000 clustered vectors: .*: met \(Flat", out, re.M), out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert {row["index"].split(",")[0][:3] for row in rows} == {"Fla", "HNS", "IVF"}

@@ -12,6 +12,7 @@ import torch
 
 import vidclip
 from vidclip.commands import extract
+from vidclip.commands.common import EXIT_INTERRUPTED
 from vidclip.data.files import find_videos
 from vidclip.heads import HEADS, TemporalHead, register_head
 from vidclip.inference import parts
@@ -141,7 +142,7 @@ def test_ctrl_c_keeps_the_rows_already_embedded(video_dir, checkpoint, tmp_path,
 
     monkeypatch.setattr(extract, "batch_rows", interrupt_second_batch)
     out, options = tmp_path / "out", ("--checkpoint", checkpoint, "--batch-size", 2, "--num-workers", 0)
-    assert run_extract([video_dir], out, *options) == extract.EXIT_INTERRUPTED
+    assert run_extract([video_dir], out, *options) == EXIT_INTERRUPTED
     assert "run the same command again to resume" in capsys.readouterr().err
     assert len(pd.read_parquet(out)) == 2  # the first batch, though the part (1000 rows) was not full
     monkeypatch.setattr(extract, "batch_rows", batch_rows)

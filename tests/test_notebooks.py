@@ -20,7 +20,12 @@ from PIL import Image
 nbformat = pytest.importorskip("nbformat", reason="the notebook tests need nbformat: pip install -e '.[dev]'")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
-FIGURES = {"quickstart.ipynb": 1, "heads.ipynb": 2, "retrieval.ipynb": 3}  # image/png outputs of each
+FIGURES = {
+    "quickstart.ipynb": 1,
+    "heads.ipynb": 2,
+    "retrieval.ipynb": 3,
+    "search.ipynb": 1,
+}  # image/png outputs of each
 SLOW = pytest.mark.slow  # every notebook trains or decodes for more than a few seconds on 2 CPU cores
 CELL_TIMEOUT_S = 600  # generous: training cells on a slow, shared CI machine
 # The tiny model's matrices are too small to gain from intra-op threads, and on a busy 2-core machine two

@@ -44,6 +44,8 @@ __all__ = [
 def __getattr__(name: str):
     if name == "convert":  # loaded on first use: vidclip.convert.from_clip4clip(...)
         return importlib.import_module("vidclip.convert")
+    if name == "VideoIndex":  # loaded on first use: vidclip.VideoIndex.load("INDEX")
+        return importlib.import_module("vidclip.index").VideoIndex
     if name == "push_to_hub":  # loaded on first use: importing vidclip loads no huggingface_hub
         return importlib.import_module("vidclip.hub").push_to_hub
     raise AttributeError(f"module 'vidclip' has no attribute {name!r}")

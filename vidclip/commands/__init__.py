@@ -21,5 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vidclip.commands.extract",
         "write video embeddings of files/folders/lists to Parquet parts (resumable)",
     ),
+    "index": (
+        "vidclip.commands.index",
+        "embed videos (or windows of long videos) into a searchable FAISS index (resumable)",
+    ),
+    "search": ("vidclip.commands.search", "search an index with a sentence (or a video): videos or moments"),
+    "serve": ("vidclip.commands.serve", "a web page to search an index"),
     "demo": ("vidclip.commands.demo", "offline end-to-end demo on generated videos with the tiny model"),
 }

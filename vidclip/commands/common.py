@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -269,6 +270,20 @@ class Shard:
 
     def __str__(self) -> str:
         return f" (process {self.rank} of {self.world})" if self.world > 1 else ""
+
+
+def run_resumable(command: str, work: Callable[[], str]) -> int:
+    """Run a resumable command's ``work`` and print the line it returns: 0; a refusal is one line and 2; Ctrl-C
+    says how to resume and gives 130 (what was done is kept: the command wrote it as it went)."""
+    try:
+        line = work()
+    except COMMAND_ERRORS as err:
+        return fail(command, err)
+    except KeyboardInterrupt:
+        print(f"vidclip {command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(line)
+    return EXIT_OK
 
 
 def fail(command: str, err: BaseException | str) -> int:

@@ -33,15 +33,13 @@ from typing import Any
 import numpy as np
 
 from vidclip.commands.common import (
-    COMMAND_ERRORS,
-    EXIT_INTERRUPTED,
     Shard,
     add_encoding_arguments,
     add_model_arguments,
     check_encoding,
     encode_options,
-    fail,
     positive_int,
+    run_resumable,
 )
 from vidclip.data.files import VIDEO_EXTENSIONS, display_path, find_videos
 from vidclip.fileio import exclusive_lock
@@ -132,15 +130,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """The ``vidclip extract`` command: 0 when finished (failed videos included), 2 on a bad argument."""
     args = parse_args(argv)
-    try:
-        summary = extract(args)
-    except COMMAND_ERRORS as err:
-        return fail("extract", err)
-    except KeyboardInterrupt:
-        print("vidclip extract: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(summary.line(str(args.out)))
-    return 0
+    return run_resumable("extract", lambda: extract(args).line(str(args.out)))
 
 
 def extract(args: argparse.Namespace) -> Summary:

@@ -78,7 +78,7 @@ class VideoDataset(Dataset):
     tokens (``texts``) or integer label (``labels``) when given.
 
     An item is a dict: ``video`` float (T, 3, S, S), ``mask`` bool (T,) True = a real frame, ``valid`` bool,
-    ``error`` None or (path, reason), ``index`` int, and ``tokens`` int (L,) / ``label`` int. ``max_pixels``
+    ``error`` None or (path, reason), ``index`` int, ``duration`` float seconds (0 when unknown), and ``tokens`` int (L,) / ``label`` int. ``max_pixels``
     is the pixel budget of a frame (None or 0: none), see :func:`vidclip.video.load_frames`.
     """
 
@@ -146,7 +146,8 @@ class VideoDataset(Dataset):
             video = self.transform(clip.frames, generator=generator)  # (T, 3, S, S)
         except Exception as err:  # any failure costs this sample only, and travels as its reason
             return self._failure(path, failure_reason(err, self.timeout))
-        return {"video": video, "mask": clip.mask, "valid": True, "error": None}
+        duration = clip.num_total_frames / clip.fps if clip.fps > 0 else 0.0  # seconds (vidclip index's end)
+        return {"video": video, "mask": clip.mask, "valid": True, "error": None, "duration": duration}
 
     def _failure(self, path: str, reason: str) -> dict[str, Any]:
         size = self.image_size
@@ -155,6 +156,7 @@ class VideoDataset(Dataset):
             "mask": torch.zeros(self.num_frames, dtype=torch.bool),
             "valid": False,
             "error": (path, reason),
+            "duration": 0.0,
         }
 
 

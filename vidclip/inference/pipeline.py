@@ -94,6 +94,7 @@ class EncodedBatch:
     valid: torch.Tensor
     features: VideoFeatures
     errors: list[tuple[str, str]]
+    duration: torch.Tensor | None = None  # (B,) seconds, 0 where unknown or failed
 
 
 @dataclass
@@ -176,7 +177,7 @@ def encode_batch(
         features = _scatter(decoded, valid, size, frames_per_video, mask)
     else:
         features = _empty(model, size, frames_per_video, mask, device)
-    return EncodedBatch(batch["index"], valid, features, list(batch["errors"]))
+    return EncodedBatch(batch["index"], valid, features, list(batch["errors"]), batch.get("duration"))
 
 
 def _as_float(features: VideoFeatures) -> VideoFeatures:

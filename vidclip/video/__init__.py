@@ -2,6 +2,7 @@
 
 from vidclip.video.decode import (
     SampledFrames,
+    iter_frames,
     load_clip,
     load_frames,
     load_video,
@@ -40,6 +41,7 @@ __all__ = [
     "frames_device",
     "get_decoder",
     "get_video_transform",
+    "iter_frames",
     "list_decoders",
     "load_clip",
     "load_frames",

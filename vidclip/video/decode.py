@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -122,6 +123,21 @@ def load_video(
         path, num_frames, sampling, fps=fps, seed=seed, decoder=decoder, max_pixels=max_pixels
     )
     return (sampled.frames, sampled.mask) if return_mask else sampled.frames
+
+
+def iter_frames(
+    reader: VideoReader, indices: list[int], chunk: int = 32
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Stream the frames of an open video at ``indices`` as (index, uint8 (H, W, 3)), in increasing order, each
+    once, holding at most ``chunk`` decoded frames: a backend with its own ``iter_frames`` (PyAV: one pass
+    from the start, no seek) streams; any other is asked ``chunk`` frames at a time."""
+    if hasattr(reader, "iter_frames"):
+        yield from reader.iter_frames(indices)
+        return
+    wanted = sorted({int(i) for i in indices})
+    for start in range(0, len(wanted), chunk):
+        part = wanted[start : start + chunk]
+        yield from zip(part, reader.get_frames(part), strict=True)
 
 
 # -- deprecated names (one release): VideoClip read as the model, VideoCLIP --------------------------------------

@@ -74,7 +74,8 @@ class PyAVReader:
         self._pts, self._seek_points = self._frame_table(stream)
         self.num_frames = len(self._pts)
         self._position_of = {pts: i for i, pts in enumerate(self._pts)}
-        if None in self._position_of or len(self._position_of) < self.num_frames:
+        self._timed = None not in self._position_of and len(self._position_of) == self.num_frames
+        if not self._timed:
             self._seek_points = []  # missing or repeated timestamps cannot name frames: decode in order
 
     def _open(self):
@@ -196,6 +197,46 @@ class PyAVReader:
             f"truncated: the container lists {self.num_frames} frames but only {decoded} could be decoded "
             f"(frame {min(remaining)} is missing)",
         )
+
+    def iter_frames(self, indices: list[int]) -> Iterator[tuple[int, torch.Tensor]]:
+        """Stream the frames at ``indices`` as (index, uint8 (H, W, 3)) in increasing order, each once, decoding
+        the file once from the start and never seeking: for many frames of a long video (segment indexing),
+        where holding them all would not fit in memory. The frames equal :meth:`get_frames`'s."""
+        wanted = sorted({int(i) for i in indices})
+        if not wanted:
+            return
+        if not 0 <= wanted[0] <= wanted[-1] < self.num_frames:
+            raise ValueError(f"indices must lie in [0, {self.num_frames}), got {wanted[0]}..{wanted[-1]}")
+        self._container.close()
+        self._container = self._open()  # the frame table read the demuxer to the end: start again
+        remaining = deque(wanted)
+        try:
+            for position, frame in self._positioned_frames(wanted):
+                if position is None or position < remaining[0]:
+                    continue
+                if position > remaining[0]:
+                    raise VideoDecodeError(self.path, f"frame {remaining[0]} could not be decoded")
+                yield remaining.popleft(), upright_rgb(frame)
+                if not remaining:
+                    return
+        except VideoDecodeError:
+            raise
+        except Exception as err:
+            raise VideoDecodeError(self.path, diagnose(self.path, err, num_frames=self.num_frames)) from err
+        raise VideoDecodeError(
+            self.path,
+            f"truncated: the container lists {self.num_frames} frames but frame {remaining[0]} could not be "
+            "decoded",
+        )
+
+    def _positioned_frames(self, wanted: list[int]) -> Iterator[tuple[int | None, object]]:
+        """(frame index, frame) from the start: by timestamp (frames nobody refers to and nobody wants are
+        skipped), or by count where timestamps cannot name frames (then nothing is skipped)."""
+        if self._timed:
+            for frame in self._decode_keeping({self._pts[i] for i in wanted}):
+                yield self._position_of.get(frame.pts), frame
+        else:
+            yield from enumerate(self._container.decode(self._stream))
 
     def close(self) -> None:
         self._container.close()
