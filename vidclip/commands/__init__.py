@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vidclip.commands.index",
         "embed videos (or windows of long videos) into a searchable FAISS index (resumable)",
     ),
+    "prepare": (
+        "vidclip.commands.prepare",
+        "re-encode a dataset for fast loading: fps, size, keyframes (resumable)",
+    ),
     "search": ("vidclip.commands.search", "search an index with a sentence (or a video): videos or moments"),
     "serve": ("vidclip.commands.serve", "a web page to search an index"),
     "demo": ("vidclip.commands.demo", "offline end-to-end demo on generated videos with the tiny model"),
