@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-faiss = pytest.importorskip("faiss")
+faiss = pytest.importorskip("faiss", reason="needs FAISS: pip install faiss-cpu (a vidclip dependency)")
 
 from vidclip.index import ann  # noqa: E402
 from vidclip.index.ann import AnnFileError, AnnIndex, AnnSpec, choose_index, exact_search, recall_at_k  # noqa: E402

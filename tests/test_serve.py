@@ -20,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+pytest.importorskip("fastapi", reason="needs fastapi: pip install 'vidclip[serve]'")
+pytest.importorskip("httpx", reason="needs httpx for TestClient: pip install -e '.[dev]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import vidclip  # noqa: E402

@@ -19,8 +19,8 @@ pytestmark = [
     ),
 ]
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
-uvicorn = pytest.importorskip("uvicorn")
-pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn", reason="needs uvicorn: pip install 'vidclip[serve]'")
+pytest.importorskip("fastapi", reason="needs fastapi: pip install 'vidclip[serve]'")
 
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
