@@ -320,7 +320,7 @@ def test_a_misspelt_data_format_lists_the_registered_ones_and_suggests_the_close
     assert evaluate_module.main(["--config", config, "data.format=MSR-VTT", "--model", "tiny"]) == 2
     err = capsys.readouterr().err
     assert "data.format: unknown format 'MSR-VTT' (did you mean 'msrvtt'?)" in err
-    assert "registered formats: csv, didemo, folders, hmdb51, kinetics, msrvtt, ucf101" in err
+    assert "registered formats: csv, didemo, folders, hmdb51, kinetics, msrvtt, ucf101, webdataset" in err
     with pytest.raises(AnnotationError) as raised:
-        get_reader(DataConfig(format="webdataset"))  # nothing close: the list, no guess
+        get_reader(DataConfig(format="parquet-shards"))  # nothing close: the list, no guess
     assert "did you mean" not in str(raised.value) and "kinetics" in str(raised.value)

@@ -4,7 +4,7 @@ Importing this package registers the built-in formats. A new format registers it
 ``@register_format("name")`` (see :mod:`vidclip.data.base`).
 """
 
-from vidclip.data import csv, didemo, msrvtt, recognition  # noqa: F401  (register the built-in formats)
+from vidclip.data import csv, didemo, msrvtt, recognition, webdataset  # noqa: F401  (register the built-in formats)
 from vidclip.data.base import (
     FORMATS,
     AnnotationError,

@@ -116,6 +116,11 @@ class VideoDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         return self._with_targets({"index": index, **self._decode(epoch, index)})
 
+    def decode_item(self, epoch: int, index: int, data: bytes | None = None) -> dict[str, Any]:
+        """Item ``index`` at ``epoch``, decoded from ``data`` (the video's bytes, e.g. a shard's sample) when
+        given, else from its file."""
+        return self._with_targets({"index": index, **self._decode(epoch, index, data)})
+
     def failed_item(self, index: int, reason: str) -> dict[str, Any]:
         """Item ``index`` as a failure with ``reason``, made without decoding (for a video whose decoding
         killed its worker process)."""
@@ -129,7 +134,7 @@ class VideoDataset(Dataset):
             item["label"] = self.labels[index]
         return item
 
-    def _decode(self, epoch: int, index: int) -> dict[str, Any]:
+    def _decode(self, epoch: int, index: int, data: bytes | None = None) -> dict[str, Any]:
         path = self.paths[index]
         generator = seeded_generator(self.seed, epoch, index)
         try:
@@ -142,6 +147,7 @@ class VideoDataset(Dataset):
                     generator=generator,
                     decoder=self.decoder,
                     max_pixels=self.max_pixels,
+                    data=data,
                 )
             video = self.transform(clip.frames, generator=generator)  # (T, 3, S, S)
         except Exception as err:  # any failure costs this sample only, and travels as its reason

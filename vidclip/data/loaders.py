@@ -9,12 +9,13 @@ RNG (that would shift dropout and any other global randomness between an interru
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 
-from vidclip.config import Config
+from vidclip.config import Config, ConfigError
 from vidclip.data.base import ClassificationAnnotations, RetrievalAnnotations, Split, read_annotations
 from vidclip.data.dataset import (
     EpochSampler,
@@ -26,6 +27,14 @@ from vidclip.data.dataset import (
     init_worker,
 )
 from vidclip.data.lookup import ensure_checked
+from vidclip.data.shard_stream import (
+    ShardEpochs,
+    ShardPlan,
+    ShardStream,
+    ShardTrainLoader,
+    create_stream_loader,
+)
+from vidclip.data.webdataset import ShardAnnotations, ShardRetrievalAnnotations, is_sharded
 from vidclip.model import VideoCLIP
 from vidclip.video import get_video_transform, loader_workers
 
@@ -35,7 +44,7 @@ class TrainData:
     """The training loader (yields global micro-batches) and the sampler that orders each epoch."""
 
     loader: DataLoader
-    sampler: EpochSampler
+    sampler: EpochSampler | ShardEpochs
     class_names: list[str] | None  # classification only
     num_items: int
 
@@ -75,6 +84,8 @@ def create_train_data(config: Config, model: VideoCLIP, tokenizer: Tokenizer, mi
     """Random frame sampling and training augmentation; epochs cut to whole optimizer steps."""
     annotations = ensure_checked(read_annotations(config.data, config.task, "train"), "training data")
     data, seed = config.data, config.train.seed
+    if is_sharded(annotations):
+        return _shard_train_data(config, model, tokenizer, micro_batch, annotations)
     common = dict(
         num_frames=config.model.num_frames,
         sampling=data.sampling,
@@ -109,6 +120,8 @@ def create_eval_data(
 ) -> EvalData:
     """Uniform frame sampling, no augmentation; every video once (and every caption once for retrieval)."""
     annotations = ensure_checked(read_annotations(config.data, config.task, split), f"{split} data")
+    if is_sharded(annotations):
+        return _shard_eval_data(config, model, tokenizer, batch_size, annotations)
     dataset = VideoDataset(
         annotations.video_paths(),
         num_frames=config.model.num_frames,
@@ -126,4 +139,82 @@ def create_eval_data(
     if isinstance(annotations, ClassificationAnnotations):
         return EvalData(videos, None, None, annotations.class_names)
     texts = _loader(TextDataset(annotations.captions, tokenizer), batch_size, 0, seed)
+    return EvalData(videos, texts, torch.tensor(annotations.caption_video), None)
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) of this process under a launcher (torchrun, accelerate launch); (0, 1) alone."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _shard_videos(
+    config: Config, model: VideoCLIP, annotations: ShardAnnotations, train: bool
+) -> VideoDataset:
+    data = config.data
+    labels = None if isinstance(annotations, ShardRetrievalAnnotations) else annotations.labels
+    return VideoDataset(
+        annotations.video_paths(),
+        num_frames=config.model.num_frames,
+        sampling=data.sampling if train else data.eval_sampling,
+        transform=get_video_transform(model, train=train and data.augment),
+        image_size=model.image_size,
+        seed=config.train.seed,
+        fps=data.fps,
+        decoder=data.decoder,
+        timeout=data.timeout,
+        max_pixels=data.max_pixels,
+        labels=labels,
+    )
+
+
+def _shard_train_data(
+    config: Config, model: VideoCLIP, tokenizer: Tokenizer, micro_batch: int, annotations: ShardAnnotations
+) -> TrainData:
+    """Training from shards: each process streams its shards (see :mod:`vidclip.data.shard_stream`), in local
+    micro-batches of ``micro_batch / processes``; an epoch is the whole global batches the samples fill."""
+    from vidclip.data.base import get_reader
+
+    rank, world = process_rank()
+    workers = loader_workers(config.data.decoder, config.data.num_workers)
+    shards = len(annotations.shard_set.urls)
+    if shards < world * max(workers, 1):
+        raise ConfigError(
+            f"data.train: {shards} shards cannot feed {world} processes x {max(workers, 1)} loader workers "
+            f"(each reads whole shards): write more, smaller shards (vidclip prepare --shard-size) or lower "
+            f"data.num_workers"
+        )
+    batch = config.train.batch_size
+    samples = len(annotations.videos) // batch * batch
+    if samples == 0:
+        raise ConfigError(f"data.train: {len(annotations.videos)} samples do not fill one batch of {batch}")
+    plan = ShardPlan.of_refs(
+        annotations.video_paths(),
+        train=True,
+        seed=config.train.seed,
+        rank=rank,
+        world=world,
+        shuffle_buffer=get_reader(config.data).options.shuffle_buffer,
+    )
+    captions = annotations.video_captions if isinstance(annotations, ShardRetrievalAnnotations) else None
+    stream = ShardStream(
+        _shard_videos(config, model, annotations, True), plan, captions=captions, tokenizer=tokenizer
+    )
+    loader = ShardTrainLoader(stream, micro_batch // world, workers, samples // micro_batch)
+    class_names = None if captions is not None else annotations.class_names
+    return TrainData(loader, ShardEpochs(loader, samples), class_names, len(annotations.videos))  # type: ignore[arg-type]
+
+
+def _shard_eval_data(
+    config: Config, model: VideoCLIP, tokenizer: Tokenizer, batch_size: int, annotations: ShardAnnotations
+) -> EvalData:
+    """Evaluation from shards: each process streams shards ``rank::world``, every sample once over all of
+    them; batches carry each video's index, by which validation puts them back in order."""
+    rank, world = process_rank()
+    plan = ShardPlan.of_refs(annotations.video_paths(), rank=rank, world=world)
+    stream = ShardStream(_shard_videos(config, model, annotations, False), plan)
+    workers = loader_workers(config.data.decoder, config.data.num_workers)
+    videos = create_stream_loader(stream, max(batch_size // world, 1), workers)
+    if not isinstance(annotations, ShardRetrievalAnnotations):
+        return EvalData(videos, None, None, annotations.class_names)
+    texts = _loader(TextDataset(annotations.captions, tokenizer), batch_size, 0, config.train.seed)
     return EvalData(videos, texts, torch.tensor(annotations.caption_video), None)

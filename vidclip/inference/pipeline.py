@@ -31,6 +31,7 @@ from vidclip.data.dataset import (
     collate,
     create_caption_tokenizer,
 )
+from vidclip.data.shard_stream import ShardPlan, ShardStream, all_refs, create_stream_loader
 from vidclip.inference.prefetch import decode_ahead
 from vidclip.inference.runtime import Precision, autocast, compile_image_tower, resolve_device
 from vidclip.inference.surviving import SurvivingBatches
@@ -130,6 +131,10 @@ def create_video_loader(
         max_pixels=options.max_pixels,
     )
     workers = loader_workers(options.decoder, options.num_workers)
+    if all_refs(dataset.paths):  # shard samples (url#key): stream their shards, batches in any order
+        return create_stream_loader(
+            ShardStream(dataset, ShardPlan.of_refs(dataset.paths)), options.batch_size, workers
+        )
     if workers:
         return SurvivingBatches(dataset, options.batch_size, workers, pin_memory=device.type == "cuda")
     loader = DataLoader(dataset, batch_size=options.batch_size, collate_fn=collate)  # in this process
@@ -215,14 +220,20 @@ def encode_videos(
 
     ``overrides`` are :class:`EncodeOptions` fields (num_frames, decoder, timeout, batch_size, device...).
     """
-    parts, valid, errors = [], [], []
+    parts, valid, errors, index = [], [], [], []
     for batch in iter_encoded(model, paths, options, **overrides):
         parts.append(batch.features)
         valid.append(batch.valid)
+        index.append(batch.index)
         errors += batch.errors
     if not parts:
         raise ValueError("no videos to encode")
-    return EncodedVideos(VideoFeatures.cat(parts), torch.cat(valid), errors)
+    features, valid_all, order = VideoFeatures.cat(parts), torch.cat(valid), torch.cat(index).argsort()
+    if not torch.equal(order, torch.arange(len(order))):  # streamed shards come in any order: put it back
+        features, valid_all = features[order.to(valid_all.device)], valid_all[order.to(valid_all.device)]
+        position = {path: i for i, path in enumerate(paths)}
+        errors.sort(key=lambda error: position.get(error[0], len(paths)))
+    return EncodedVideos(features, valid_all, errors)
 
 
 @torch.no_grad()

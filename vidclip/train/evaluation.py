@@ -38,6 +38,10 @@ def gather(accelerator, values: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def embed_videos(run: Run, loader: DataLoader) -> tuple[VideoFeatures, dict[str, torch.Tensor]]:
     """Every video of ``loader``: gathered VideoFeatures, and the fields ``valid`` (V,) and ``label`` (V,)."""
+    from vidclip.data.shard_stream import streams_by_itself
+
+    if streams_by_itself(loader):
+        return _embed_streamed(run, loader)
     parts = []
     for batch in loader:
         features = run.net.encode_video(batch["video"], batch["mask"])
@@ -49,6 +53,62 @@ def embed_videos(run: Run, loader: DataLoader) -> tuple[VideoFeatures, dict[str,
         parts.append(gather(run.accelerator, values))
     merged = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
     return VideoFeatures(merged["frames"], merged["mask"], merged.get("pooled")), merged
+
+
+def _embed_streamed(run: Run, loader: DataLoader) -> tuple[VideoFeatures, dict[str, torch.Tensor]]:
+    """:func:`embed_videos` for a shard stream: each process encodes the videos of its own shards, in
+    whatever order its workers deliver them; all are gathered (processes hold different counts) and put in
+    input order by their index, so every video counts once whatever the number of processes."""
+    device, parts = run.accelerator.device, []
+    for batch in loader:
+        video, mask = batch["video"].to(device), batch["mask"].to(device)
+        features = run.net.encode_video(video, mask)
+        values = {"index": batch["index"].to(device), "frames": features.frames.float(), "mask": mask}
+        values["valid"] = batch["valid"].to(device)
+        if features.pooled is not None:
+            values["pooled"] = features.pooled.float()
+        if "label" in batch:
+            values["label"] = batch["label"].to(device)
+        parts.append(values)
+    local = {key: torch.cat([part[key] for part in parts]) for key in parts[0]} if parts else None
+    local = local if local is not None else _no_videos(run, loader, device)
+    merged = gather_ragged(run.accelerator, local)
+    order = torch.argsort(merged.pop("index"))
+    merged = {key: value[order] for key, value in merged.items()}
+    return VideoFeatures(merged["frames"], merged["mask"], merged.get("pooled")), merged
+
+
+def _no_videos(run: Run, loader: DataLoader, device: torch.device) -> dict[str, torch.Tensor]:
+    """Empty fields of the right widths for a process whose share of the shards held no video."""
+    frames, dim = run.config.model.num_frames, run.net.clip.visual.output_dim
+    values = {
+        "index": torch.zeros(0, dtype=torch.long, device=device),
+        "frames": torch.zeros(0, frames, dim, device=device),
+        "mask": torch.zeros(0, frames, dtype=torch.bool, device=device),
+        "valid": torch.zeros(0, dtype=torch.bool, device=device),
+    }
+    if not run.net.head.text_conditioned:
+        values["pooled"] = torch.zeros(0, dim, device=device)
+    if loader.dataset.videos.labels is not None:
+        values["label"] = torch.zeros(0, dtype=torch.long, device=device)
+    return values
+
+
+def gather_ragged(accelerator, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every process's rows of ``values`` (the same keys, any number of rows each), concatenated in rank order."""
+    if accelerator.num_processes == 1:
+        return dict(values)
+    count = next(iter(values.values())).shape[0]
+    counts = accelerator.gather(torch.tensor([count], device=accelerator.device)).tolist()
+    most = max(counts)
+    out = {}
+    for key, value in values.items():
+        wire = value.to(torch.uint8) if value.dtype == torch.bool else value
+        padded = torch.cat([wire, wire.new_zeros(most - count, *wire.shape[1:])])
+        rows = accelerator.gather(padded).reshape(len(counts), most, *wire.shape[1:])
+        joined = torch.cat([rows[rank, :n] for rank, n in enumerate(counts)])
+        out[key] = joined.bool() if value.dtype == torch.bool else joined
+    return out
 
 
 def embed_texts(run: Run, loader: DataLoader) -> torch.Tensor:

@@ -169,8 +169,12 @@ def epoch_loader(run: Run, epoch: int, done_steps: int) -> DataLoader:
     """The training loader at ``epoch``, after its first ``done_steps`` optimizer steps (for a resume)."""
     run.train.sampler.set_epoch(epoch)
     loader = run.train.loader
+    skipped = done_steps * run.config.train.grad_accumulation
+    if hasattr(loader, "skip"):  # a shard stream: it skips the samples without decoding them
+        loader.set_epoch(epoch)
+        return loader.skip(skipped)
     if done_steps:
-        loader = run.accelerator.skip_first_batches(loader, done_steps * run.config.train.grad_accumulation)
+        loader = run.accelerator.skip_first_batches(loader, skipped)
     loader.set_epoch(epoch)
     return loader
 

@@ -165,6 +165,7 @@ def create_run_model(config: Config) -> VideoCLIP:
 def setup(config: Config, accelerator: Accelerator) -> Run:
     """Build model, data, optimizer and schedule, then ``accelerator.prepare`` them all, once."""
     from vidclip.data.loaders import create_eval_data, create_train_data, get_caption_tokenizer
+    from vidclip.data.shard_stream import streams_by_itself
 
     batch, processes = config.train.batch_size, accelerator.num_processes
     micro = batch // config.train.grad_accumulation  # the global batch of one forward pass
@@ -187,8 +188,17 @@ def setup(config: Config, accelerator: Accelerator) -> Run:
     optimizer = create_optimizer(net, config.train)
     scheduler = create_scheduler(optimizer, total, config.train.warmup)
     loaders = [train.loader, *([val.videos, val.texts] if val else [])]
-    model, optimizer, scheduler, *loaders = accelerator.prepare(net, optimizer, scheduler, *loaders)
+    # Shard streams split themselves over the processes (each reads its own shards): Accelerate must not
+    # dispatch or shard them again; they only need the batches on this process's device.
+    own = [streams_by_itself(loader) for loader in loaders]
+    prepared = accelerator.prepare(
+        net, optimizer, scheduler, *[ld for ld, o in zip(loaders, own, strict=True) if not o]
+    )
+    model, optimizer, scheduler, rest = prepared[0], prepared[1], prepared[2], iter(prepared[3:])
+    loaders = [loader if o else next(rest) for loader, o in zip(loaders, own, strict=True)]
     train.loader = loaders[0]
+    if own[0]:
+        train.loader.device = accelerator.device
     if val is not None:
         val.videos, val.texts = loaders[1], loaders[2]
     tokens = class_prompt_tokens(config, train.class_names, tokenizer, accelerator.device)

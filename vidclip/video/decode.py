@@ -13,6 +13,7 @@ video then take at most ``num_frames x max_pixels x 3`` bytes (12 frames of 8K U
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Iterator
@@ -28,7 +29,11 @@ from vidclip.video.sampling import SamplingStrategy, pad_indices, sample_indices
 
 
 def open_video(
-    path: str | os.PathLike, decoder: str = AUTO, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike,
+    decoder: str = AUTO,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    data: bytes | None = None,
 ) -> VideoReader:
     """Open ``path`` with the named backend; raises FileNotFoundError or VideoDecodeError naming the file.
 
@@ -36,12 +41,16 @@ def open_video(
     frames after seeking in some H.264 streams; ``nvdec`` returns frames on the GPU. An unknown name raises
     ValueError; a decoder this machine cannot run raises DecoderUnavailableError saying what to install.
     A frame size above ``max_pixels`` is a VideoDecodeError before decoding (see the module's docstring).
+    ``data``: the video's bytes (a shard's sample), decoded from memory by a backend that can (PyAV), with
+    ``path`` naming it in errors; no temporary file is written.
     """
     path = os.fspath(path)
+    backend = get_decoder(decoder)
+    if data is not None:
+        return _open_bytes(backend, path, data, max_pixels)
     check_video_file(path)  # from os.stat alone: a FIFO, device or link loop is refused before any open
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
-    backend = get_decoder(decoder)
     if enforces_pixel_budget(backend):  # what the backend needs, it checks when it opens the file
         reader = backend(path, max_pixels=max_pixels)
     else:  # a backend registered without a budget of its own: PyAV reads the header first
@@ -51,6 +60,28 @@ def open_video(
         reader.close()
         raise VideoDecodeError(path, "the video stream has no frames")
     return reader
+
+
+def _open_bytes(backend: type, path: str, data: bytes, max_pixels: int | None) -> VideoReader:
+    if not decodes_from_memory(backend):
+        raise VideoDecodeError(
+            path, f"decoder {backend.__name__} cannot decode from memory (a shard's sample): use decoder=pyav"
+        )
+    if not data:
+        raise VideoDecodeError(path, "empty video (0 bytes)")
+    reader = backend(path, max_pixels=max_pixels, data=data)
+    if reader.num_frames < 1:
+        reader.close()
+        raise VideoDecodeError(path, "the video stream has no frames")
+    return reader
+
+
+def decodes_from_memory(backend: type) -> bool:
+    """Whether a reader class takes the video's bytes (keyword ``data``) as well as a path."""
+    try:
+        return "data" in inspect.signature(backend).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
@@ -78,10 +109,12 @@ def load_frames(
     generator: torch.Generator | None = None,
     decoder: str = AUTO,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    data: bytes | None = None,
 ) -> SampledFrames:
     """Decode the ``num_frames`` frames that ``sampling`` picks; a shorter video repeats its last frame (masked).
-    A video whose frames are above ``max_pixels`` is refused before decoding (VideoDecodeError)."""
-    reader = open_video(path, decoder, max_pixels=max_pixels)
+    A video whose frames are above ``max_pixels`` is refused before decoding (VideoDecodeError). ``data``: the
+    video's bytes, decoded from memory (:func:`open_video`)."""
+    reader = open_video(path, decoder, max_pixels=max_pixels, data=data)
     try:
         real = sample_indices(
             reader.num_frames,

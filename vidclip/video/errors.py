@@ -77,22 +77,17 @@ def check_video_file(path: str | os.PathLike) -> None:
         raise VideoDecodeError(path, f"not a regular file (mode {stat.filemode(mode)})")
 
 
-def _looks_like_container(path: str) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(16)
+def _looks_like_container(head: bytes) -> bool:
     return any(head[offset : offset + len(magic)] == magic for offset, magic in _CONTAINER_SIGNATURES)
 
 
 def diagnose(path: str, error: BaseException | None = None, num_frames: int | None = None) -> str:
     """A one-line reason why ``path`` failed to decode, probing it with PyAV where that helps."""
-    detail = (
-        f" ({str(error).strip().splitlines()[0][:200]})" if error is not None and str(error).strip() else ""
-    )
     try:
         check_video_file(path)  # before anything opens it: a FIFO would block
         size = os.path.getsize(path)
-        with open(path, "rb"):
-            pass
+        with open(path, "rb") as f:
+            head = f.read(16)
     except FileNotFoundError:
         return "no such file"
     except VideoDecodeError as err:
@@ -101,11 +96,28 @@ def diagnose(path: str, error: BaseException | None = None, num_frames: int | No
         return f"cannot read the file: {err.strerror or err}"
     if size == 0:
         return "empty file (0 bytes)"
+    return _probe(path, head, error, num_frames)
+
+
+def diagnose_bytes(data: bytes, error: BaseException | None = None, num_frames: int | None = None) -> str:
+    """:func:`diagnose` for a video held in memory (a shard's sample)."""
+    if not data:
+        return "empty video (0 bytes)"
+    import io
+
+    return _probe(lambda: io.BytesIO(data), data[:16], error, num_frames)
+
+
+def _probe(source, head: bytes, error: BaseException | None, num_frames: int | None) -> str:
+    """Why a non-empty video failed: what PyAV makes of it (``source``: a path, or a callable opening it)."""
+    detail = (
+        f" ({str(error).strip().splitlines()[0][:200]})" if error is not None and str(error).strip() else ""
+    )
     text = str(error).lower() if error is not None else ""
     try:
         import av
 
-        with av.open(path) as container:
+        with av.open(source() if callable(source) else source) as container:
             if not container.streams.video:
                 return "no video stream (the file holds only audio, subtitles or data)"
             declared = container.streams.video[0].frames or num_frames
@@ -113,7 +125,7 @@ def diagnose(path: str, error: BaseException | None = None, num_frames: int | No
         declared = num_frames
     except Exception as probe_error:
         text += " " + str(probe_error).lower()
-        if _looks_like_container(path) or any(hint in text for hint in _TRUNCATION_HINTS):
+        if _looks_like_container(head) or any(hint in text for hint in _TRUNCATION_HINTS):
             return f"truncated or corrupt: it starts like a video container but cannot be read{detail}"
         return f"not a video: FFmpeg recognises no media container in it{detail}"
     if any(hint in text for hint in _TRUNCATION_HINTS) or declared:

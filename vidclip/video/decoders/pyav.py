@@ -24,6 +24,7 @@ their first frames may be decoded once at the size they claim (FFmpeg caps it at
 from __future__ import annotations
 
 import bisect
+import io
 import itertools
 import logging
 import re
@@ -40,7 +41,7 @@ from vidclip.video.decoders.base import (
     pixel_budget_reason,
     register_decoder,
 )
-from vidclip.video.errors import VideoDecodeError, diagnose
+from vidclip.video.errors import VideoDecodeError, diagnose, diagnose_bytes
 
 log = logging.getLogger(__name__)
 # A seek restarts the decoder at a key frame: worth it only when it skips a few frames. Seeking to skip one
@@ -53,10 +54,11 @@ MIN_FRAMES_SKIPPED = 4
 class PyAVReader:
     """CPU decoding with PyAV; ``get_frames`` returns uint8 (k, H, W, 3) RGB frames in the order asked, turned
     upright where the file stores a display rotation (phone videos). ``max_pixels`` (None or 0: none) is the
-    pixel budget of a frame, enforced before decoding."""
+    pixel budget of a frame, enforced before decoding. ``data``: the video's bytes, decoded from memory (a
+    shard's sample: no temporary file); ``path`` then only names it in errors."""
 
-    def __init__(self, path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        self.path, self.max_pixels = path, max_pixels
+    def __init__(self, path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: bytes | None = None):
+        self.path, self.max_pixels, self.data = path, max_pixels, data
         self._container = self._open()
         if not self._container.streams.video:
             self._container.close()
@@ -82,9 +84,9 @@ class PyAVReader:
         import av  # lazy: `import vidclip` loads no decoder library
 
         try:
-            container = av.open(self.path, options=budget_options(self.max_pixels))
+            container = av.open(self._source(), options=budget_options(self.max_pixels))
         except Exception as err:
-            raise VideoDecodeError(self.path, diagnose(self.path, err)) from err
+            raise VideoDecodeError(self.path, self._diagnose(err)) from err
         if container.streams.video:
             stream = container.streams.video[0]
             stream.codec_context.options = budget_options(self.max_pixels)
@@ -93,6 +95,15 @@ class PyAVReader:
             else:
                 stream.thread_type = "AUTO"
         return container
+
+    def _source(self):
+        """What FFmpeg reads: the file's path, or a fresh in-memory file over ``data``."""
+        return self.path if self.data is None else io.BytesIO(self.data)
+
+    def _diagnose(self, err: BaseException, num_frames: int | None = None) -> str:
+        if self.data is None:
+            return diagnose(self.path, err, num_frames=num_frames)
+        return diagnose_bytes(self.data, err, num_frames=num_frames)
 
     @property
     def _stream(self):
@@ -103,7 +114,7 @@ class PyAVReader:
         try:
             packets = [p for p in self._container.demux(stream) if p.size > 0 and not p.is_discard]
         except Exception as err:
-            raise VideoDecodeError(self.path, diagnose(self.path, err)) from err
+            raise VideoDecodeError(self.path, self._diagnose(err)) from err
         if any(p.pts is None for p in packets):
             return [None] * len(packets), []
         order = sorted(range(len(packets)), key=lambda k: packets[k].pts)
@@ -123,10 +134,10 @@ class PyAVReader:
         except VideoDecodeError:
             raise
         except Exception as err:
-            size = size_beyond_budget(self.path, self.max_pixels) if self.max_pixels else None
+            size = size_beyond_budget(self._source(), self.max_pixels) if self.max_pixels else None
             if size is not None:  # before diagnose, which opens the file without a budget
                 raise VideoDecodeError(self.path, pixel_budget_reason(*size, self.max_pixels)) from err
-            raise VideoDecodeError(self.path, diagnose(self.path, err, num_frames=self.num_frames)) from err
+            raise VideoDecodeError(self.path, self._diagnose(err, num_frames=self.num_frames)) from err
         return torch.stack([found[int(i)] for i in indices])
 
     def _seek_point_before(self, position: int) -> int | None:
@@ -222,7 +233,7 @@ class PyAVReader:
         except VideoDecodeError:
             raise
         except Exception as err:
-            raise VideoDecodeError(self.path, diagnose(self.path, err, num_frames=self.num_frames)) from err
+            raise VideoDecodeError(self.path, self._diagnose(err, num_frames=self.num_frames)) from err
         raise VideoDecodeError(
             self.path,
             f"truncated: the container lists {self.num_frames} frames but frame {remaining[0]} could not be "
@@ -251,7 +262,7 @@ def budget_options(max_pixels: int | None) -> dict[str, str]:
 _REFUSED_SIZE = re.compile(r"Picture size (\d+)x(\d+) exceeds")
 
 
-def size_beyond_budget(path: str, max_pixels: int) -> tuple[int, int] | None:
+def size_beyond_budget(path, max_pixels: int) -> tuple[int, int] | None:
     """The (width, height) FFmpeg refuses under ``max_pixels`` when it opens ``path`` and decodes its first
     frames, or None when it refuses none. FFmpeg says so only in its log, which PyAV drops unless asked: the
     log is captured (from this thread, not passed on) for this probe alone, on the failure path."""

@@ -1,0 +1,271 @@
+"""Streaming a shard set through DataLoader workers: the samples decoded from the bytes in the tar, as the
+same items :class:`vidclip.data.VideoDataset` makes (``index``, ``video``, ``mask``, ``valid``, ``error``...).
+
+Evaluation (:class:`ShardPlan` with ``train=False``): process ``rank`` of ``world`` reads shards
+``rank::world``, its worker ``w`` of ``W`` those ``w::W``; every wanted sample comes out once, as a decoded item
+or as a failed one with its reason (a sample whose shard ended early is named: "lost: ..."), each carrying its
+position in the input list as ``index``. Items of several workers interleave: consumers place them by index.
+Over all processes every sample is seen exactly once, whatever the number of processes or workers.
+
+Training (``train=True``): each epoch permutes the shards from (seed, epoch); process ``rank`` takes
+``rank::world`` of them and its workers split those again. A worker streams its shards through a shuffle
+buffer seeded from (seed, epoch, rank, worker role) and starts another pass (another permutation) when they
+run out, so every process yields as many batches as the epoch has steps whatever the shard sizes. What holds:
+the same (seed, epoch, processes, workers) give the same batches; a resume mid-epoch skips the batches
+already trained without decoding them and continues exactly (the same processes and workers); with shards of
+equal size and a shard count that the processes x workers divide, an epoch sees every sample once. Which
+samples share a batch depends on the number of processes and workers (unlike file datasets, whose global
+batches do not): each process reads only its own shards.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from vidclip.data.dataset import Tokenizer, VideoDataset, collate, init_worker, seeded_generator
+from vidclip.data.shards import ShardReadError, iter_shard, split_ref
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Which samples to stream: ``shards`` in order, each (url, [(position, key), ...]) of the wanted ones."""
+
+    shards: list[tuple[str, list[tuple[int, str]]]]
+    train: bool = False
+    seed: int = 0
+    rank: int = 0
+    world: int = 1
+    shuffle_buffer: int = 100
+
+    @classmethod
+    def of_refs(cls, refs: list[str], **options: Any) -> ShardPlan:
+        """The plan that streams ``refs`` (``url#key`` sample references), position = place in the list."""
+        shards: dict[str, list[tuple[int, str]]] = {}
+        for position, ref in enumerate(refs):
+            parts = split_ref(ref)
+            if parts is None:
+                raise ValueError(f"not a shard sample reference (url#key): {ref}")
+            shards.setdefault(parts[0], []).append((position, parts[1]))
+        return cls(list(shards.items()), **options)
+
+    def num_samples(self) -> int:
+        return sum(len(samples) for _, samples in self.shards)
+
+
+def all_refs(paths: list[str]) -> bool:
+    """Whether every path is a shard sample reference (the inputs then stream from their shards)."""
+    return bool(paths) and all(split_ref(path) is not None for path in paths)
+
+
+class ShardStream(IterableDataset):
+    """Items of the plan's samples, decoded by ``videos`` (a VideoDataset over the same references, which holds
+    the decoding settings, labels and seeds) from the shard's bytes. ``captions`` (training retrieval): each
+    position's captions, one drawn per (seed, epoch, position)."""
+
+    def __init__(
+        self,
+        videos: VideoDataset,
+        plan: ShardPlan,
+        *,
+        captions: list[list[str]] | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        self.videos, self.plan, self.captions, self.tokenizer = videos, plan, captions, tokenizer
+        self.epoch, self.skip_batches, self.batch_size = 0, 0, 1
+
+    # -- which shards this worker reads ------------------------------------------------------------------------
+    def _worker(self) -> tuple[int, int]:
+        info = get_worker_info()
+        return (info.id, info.num_workers) if info is not None else (0, 1)
+
+    def _eval_shards(self) -> list[tuple[str, list[tuple[int, str]]]]:
+        worker, workers = self._worker()
+        mine = self.plan.shards[self.plan.rank :: self.plan.world]
+        return mine[worker::workers]
+
+    def _train_shards(self, role: int, workers: int, rounds: int) -> list[tuple[str, list[tuple[int, str]]]]:
+        order = torch.randperm(
+            len(self.plan.shards), generator=seeded_generator(self.plan.seed, self.epoch, rounds)
+        )
+        mine = [self.plan.shards[i] for i in order.tolist()][self.plan.rank :: self.plan.world]
+        return mine[role::workers]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self._train() if self.plan.train else self._eval()
+
+    # -- evaluation: each wanted sample once --------------------------------------------------------------------
+    def _eval(self) -> Iterator[dict[str, Any]]:
+        for url, samples in self._eval_shards():
+            position_of = {key: position for position, key in samples}
+            seen: set[str] = set()
+            lost = None
+            try:
+                for raw in iter_shard(url, wanted=position_of.__contains__):
+                    seen.add(raw.key)
+                    yield self._item(raw, position_of[raw.key], url)
+            except ShardReadError as err:
+                lost = f"lost: {err.url}: {err.reason}"
+            for position, key in samples:
+                if key not in seen:
+                    reason = lost or f"not in its shard {url} (the shard changed since it was listed?)"
+                    yield self.videos.failed_item(position, reason)
+
+    def _item(self, raw, position: int, url: str) -> dict[str, Any]:
+        video = raw.video()
+        if video is None:
+            return self._targets(self.videos.failed_item(position, "the sample has no video member"))
+        return self._targets(self.videos.decode_item(self.epoch, position, data=video[1]))
+
+    def _targets(self, item: dict[str, Any]) -> dict[str, Any]:
+        if self.captions is not None:
+            options = self.captions[item["index"]]
+            pick = int(torch.randint(len(options), (1,), generator=self._caption_generator(item["index"])))
+            item["tokens"] = self.tokenizer([options[pick]])[0]
+        return item
+
+    def _caption_generator(self, position: int) -> torch.Generator:
+        return seeded_generator(self.plan.seed, self.epoch, position, 1)
+
+    # -- training: endless passes, a shuffle buffer, skipping what a resumed run already trained on --------------
+    def _train(self) -> Iterator[dict[str, Any]]:
+        worker, workers = self._worker()
+        role = (worker + self.skip_batches) % workers  # the DataLoader restarts its round-robin at worker 0
+        skip = self._skipped_items(role, workers)
+        rng = random.Random(
+            int(seeded_generator(self.plan.seed, self.epoch, self.plan.rank, role).initial_seed())
+        )
+        rounds = 0
+        while True:
+            shards = self._train_shards(role, workers, rounds)
+            if not shards:
+                raise RuntimeError(
+                    f"{len(self.plan.shards)} shards cannot feed {self.plan.world} processes x {workers} workers"
+                )
+            for position, url, raw in _shuffled(self._raw(shards), self.plan.shuffle_buffer, rng):
+                if skip:
+                    skip -= 1
+                    continue
+                if raw is None:
+                    yield self._targets(self.videos.failed_item(position, f"lost: {url}"))
+                else:
+                    yield self._item(raw, position, url)
+            rounds += 1
+
+    def _raw(self, shards) -> Iterator[tuple[int, str, Any]]:
+        for url, samples in shards:
+            position_of = {key: position for position, key in samples}
+            seen: set[str] = set()
+            try:
+                for raw in iter_shard(url, wanted=position_of.__contains__):
+                    seen.add(raw.key)
+                    yield position_of[raw.key], url, raw
+            except ShardReadError as err:
+                for position, key in samples:
+                    if key not in seen:
+                        yield position, f"{err.url}: {err.reason}", None
+
+    def _skipped_items(self, role: int, workers: int) -> int:
+        """Items this worker role yielded in the batches a resumed run skips: the DataLoader takes batch b from
+        worker b mod W, so role r (worker r of the uninterrupted run) made the batches r, r+W, ... below
+        ``skip_batches``."""
+        return len(range(role, self.skip_batches, workers)) * self.batch_size
+
+
+def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """Items through a shuffle buffer of ``size`` (0 or 1: in order), the draws from ``rng``."""
+    if size <= 1:
+        yield from items
+        return
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        slot = rng.randrange(size)
+        yield buffer[slot]
+        buffer[slot] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class ShardTrainLoader:
+    """The training loader over shards: exactly ``batches`` local micro-batches per epoch on every process,
+    moved to ``device``; ``set_epoch`` and ``skip`` (a resume) take effect at the next iteration."""
+
+    def __init__(self, stream: ShardStream, batch_size: int, num_workers: int, batches: int) -> None:
+        self.stream, self.batch_size, self.num_workers, self.batches = (
+            stream,
+            batch_size,
+            num_workers,
+            batches,
+        )
+        stream.batch_size = batch_size
+        self.device: torch.device | None = None
+        self._skip = 0
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.epoch = epoch
+
+    def skip(self, batches: int) -> ShardTrainLoader:
+        self._skip = batches
+        return self
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.stream.skip_batches, skip, self._skip = self._skip, self._skip, 0
+        loader = DataLoader(
+            self.stream,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            worker_init_fn=init_worker,
+        )
+        batches = iter(loader)
+        try:
+            for _ in range(self.batches - skip):
+                yield _to(next(batches), self.device)
+        finally:
+            del batches  # ends the workers: they stream forever
+
+
+def _to(batch: dict[str, Any], device: torch.device | None) -> dict[str, Any]:
+    if device is None:
+        return batch
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
+
+
+class ShardEpochs:
+    """What the trainer asks of a sampler: the samples one epoch trains on (``len``), and ``set_epoch``."""
+
+    def __init__(self, loader: ShardTrainLoader, samples_per_epoch: int) -> None:
+        self.loader, self.samples = loader, samples_per_epoch
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+
+def create_stream_loader(
+    stream: ShardStream, batch_size: int, num_workers: int
+) -> Callable[[], Iterator[dict[str, Any]]] | DataLoader:
+    """An evaluation DataLoader over ``stream`` (items interleave across workers; each carries its index)."""
+    return DataLoader(
+        stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, worker_init_fn=init_worker
+    )
+
+
+def streams_by_itself(loader) -> bool:
+    """Whether a loader streams shards split over the processes by itself (not for Accelerate to prepare)."""
+    return isinstance(loader, ShardTrainLoader) or isinstance(getattr(loader, "dataset", None), ShardStream)
