@@ -15,6 +15,7 @@ import torch
 
 from vidclip.config import PRECISIONS, ConfigError, check_timeout, normalize_precision
 from vidclip.data.base import AnnotationError
+from vidclip.data.files import VIDEO_EXTENSIONS, find_videos
 from vidclip.fileio import DiskFullError, FolderInUseError
 from vidclip.inference.parts import PartsError
 from vidclip.inference.pipeline import DEFAULT_TIMEOUT, EncodeOptions
@@ -247,7 +248,8 @@ def check_writable(path: str | os.PathLike, flag: str = "--output") -> None:
 @dataclass(frozen=True)
 class Shard:
     """This process's share of the inputs when a launcher (torchrun, accelerate launch) starts several: the
-    inputs whose position is ``rank`` modulo ``world``; read from the launcher's environment."""
+    inputs whose position is ``rank`` modulo ``world`` (shard samples: those of every ``world``-th shard);
+    read from the launcher's environment."""
 
     rank: int = 0
     world: int = 1
@@ -265,8 +267,11 @@ class Shard:
             raise ValueError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
         return cls(rank, world, local_rank)
 
-    def owns(self, index: int) -> bool:
-        return index % self.world == self.rank
+    def share(self, videos: list[str]) -> list[tuple[int, str]]:
+        """(position, video) of the inputs this process takes (:func:`vidclip.data.shards.owned_by_process`)."""
+        from vidclip.data.shards import owned_by_process
+
+        return owned_by_process(videos, self.rank, self.world)
 
     def __str__(self) -> str:
         return f" (process {self.rank} of {self.world})" if self.world > 1 else ""
@@ -290,3 +295,32 @@ def fail(command: str, err: BaseException | str) -> int:
     """Report a refusal as one line on stderr and return the usage exit code."""
     print(f"vidclip {command}: error: {err}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def collect_inputs(sources: list[str]) -> list[str]:
+    """Every video the sources name: files, folders and list files, or WebDataset shards (brace patterns,
+    globs, ``pipe:`` and fsspec URLs, a shard index), whose samples are named ``url#key``. Refuses a missing
+    source, sources that hold no video, and shards mixed with files."""
+    from vidclip.data.shards import is_shard_spec, read_shard_set
+
+    shards = [source for source in sources if is_shard_spec(source)]
+    if shards and len(shards) < len(sources):
+        files = [source for source in sources if not is_shard_spec(source)]
+        raise ValueError(
+            f"give either WebDataset shards or video files, not both (shards: {shards[0]}; files: {files[0]})"
+        )
+    if shards:
+        refs = [ref for spec in shards for ref in read_shard_set(spec, where=spec).refs()]
+        if not refs:
+            raise ValueError(f"the shards {', '.join(shards)} hold no video samples")
+        return refs
+    try:
+        videos = find_videos(sources)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; pass video files, folders, or a .txt list of video paths") from err
+    if not videos:
+        raise ValueError(
+            f"no videos found in {', '.join(sources)} (folders are searched for "
+            f"{' '.join(sorted(VIDEO_EXTENSIONS))}); pass video files, folders, or a .txt list of paths"
+        )
+    return videos

@@ -15,7 +15,8 @@ writes in an ``--out``: another is refused at once (:func:`vidclip.fileio.exclus
 
 Several processes (``accelerate launch -m vidclip extract ...`` or ``torchrun``) share the work without talking
 to each other: process ``r`` of ``w`` embeds the videos whose input position is ``r`` modulo ``w`` (on GPU
-``LOCAL_RANK``) and writes its own parts into the same ``--out``. Ownership depends only on the input list, so
+``LOCAL_RANK``; from shards, every sample of the shards ``r::w``, so each process reads only its own shards)
+and writes its own parts into the same ``--out``. Ownership depends only on the input list, so
 a resumed run, with any number of processes, neither repeats nor misses a video.
 """
 
@@ -37,11 +38,12 @@ from vidclip.commands.common import (
     add_encoding_arguments,
     add_model_arguments,
     check_encoding,
+    collect_inputs,
     encode_options,
     positive_int,
     run_resumable,
 )
-from vidclip.data.files import VIDEO_EXTENSIONS, display_path, find_videos
+from vidclip.data.files import display_path
 from vidclip.fileio import exclusive_lock
 from vidclip.inference.parts import Done, PartBuffer, Row, check_parts_folder, model_identity, read_done
 from vidclip.inference.pipeline import EncodedBatch, EncodeOptions, iter_encoded
@@ -144,7 +146,7 @@ def extract(args: argparse.Namespace) -> Summary:
     lock = exclusive_lock(args.out / LOCK_NAME, "vidclip extract run", rank=shard.rank, world=shard.world)
     with lock as held:  # before reading --out: what is done cannot change under this run
         model, metadata = load_extract_model(args, options)
-        mine = [(index, video) for index, video in enumerate(videos) if shard.owns(index)]
+        mine = shard.share(videos)
         stored = read_done(args.out, metadata["identity"])  # keyed by the printable names parts store
         done = {video: stored[display_path(video)] for _, video in mine if display_path(video) in stored}
         retried = {
@@ -202,20 +204,6 @@ def check_model_args(args: argparse.Namespace) -> None:
     if not args.checkpoint:
         args.head = args.head or "mean"
         args.num_frames = args.num_frames or 12
-
-
-def collect_inputs(sources: list[str]) -> list[str]:
-    """Every video the sources name; refuses a missing source or sources that hold no video."""
-    try:
-        videos = find_videos(sources)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err}; pass video files, folders, or a .txt list of video paths") from err
-    if not videos:
-        raise ValueError(
-            f"no videos found in {', '.join(sources)} (folders are searched for "
-            f"{' '.join(sorted(VIDEO_EXTENSIONS))}); pass video files, folders, or a .txt list of paths"
-        )
-    return videos
 
 
 def load_extract_model(args: argparse.Namespace, options: EncodeOptions) -> tuple[VideoCLIP, dict[str, Any]]:

@@ -17,11 +17,12 @@ from vidclip.commands.common import (
     add_encoding_arguments,
     add_model_arguments,
     check_encoding,
+    collect_inputs,
     encode_options,
     positive_int,
     run_resumable,
 )
-from vidclip.commands.extract import check_model_args, collect_inputs
+from vidclip.commands.extract import check_model_args
 
 EPILOG = """examples:
   vidclip index videos/ --out my-index --model ViT-B-32 --pretrained openai

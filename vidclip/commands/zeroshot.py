@@ -25,13 +25,15 @@ from vidclip.commands.common import (
     add_model_arguments,
     check_encoding,
     check_writable,
+    collect_inputs,
     encode_options,
     fail,
     model_from_args,
     setup_logging,
 )
 from vidclip.commands.eval import write_json
-from vidclip.data.files import display_path, find_videos
+from vidclip.data.files import display_path
+from vidclip.data.shard_stream import all_refs
 from vidclip.inference.classify import classify_videos, evaluate_classification, summarize_splits
 from vidclip.templates import get_templates
 from vidclip.viz import require_plotting
@@ -97,10 +99,10 @@ def read_labels(args: argparse.Namespace) -> list[str]:
 def run_files(args: argparse.Namespace) -> int:
     """Files mode: top-k labels per video, printed or written as CSV."""
     labels = read_labels(args)
-    paths = find_videos(args.inputs)
-    if not paths:
-        raise ValueError(f"no video files found in {args.inputs}")
+    paths = collect_inputs(args.inputs)
     if args.show:
+        if all_refs(paths):
+            raise ValueError("--show draws the frames of video files again: it cannot read shard samples")
         require_plotting("--show")
     if args.output:
         check_writable(args.output)

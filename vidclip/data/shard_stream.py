@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vidclip.data.dataset import Tokenizer, VideoDataset, collate, init_worker, seeded_generator
-from vidclip.data.shards import ShardReadError, iter_shard, split_ref
+from vidclip.data.shards import iter_wanted, split_ref
 
 
 @dataclass(frozen=True)
@@ -101,22 +101,13 @@ class ShardStream(IterableDataset):
 
     # -- evaluation: each wanted sample once --------------------------------------------------------------------
     def _eval(self) -> Iterator[dict[str, Any]]:
-        for url, samples in self._eval_shards():
-            position_of = {key: position for position, key in samples}
-            seen: set[str] = set()
-            lost = None
-            try:
-                for raw in iter_shard(url, wanted=position_of.__contains__):
-                    seen.add(raw.key)
-                    yield self._item(raw, position_of[raw.key], url)
-            except ShardReadError as err:
-                lost = f"lost: {err.url}: {err.reason}"
-            for position, key in samples:
-                if key not in seen:
-                    reason = lost or f"not in its shard {url} (the shard changed since it was listed?)"
-                    yield self.videos.failed_item(position, reason)
+        for position, raw, reason in iter_wanted(self._eval_shards()):
+            if raw is None:
+                yield self.videos.failed_item(position, reason)
+            else:
+                yield self._item(raw, position)
 
-    def _item(self, raw, position: int, url: str) -> dict[str, Any]:
+    def _item(self, raw, position: int) -> dict[str, Any]:
         video = raw.video()
         if video is None:
             return self._targets(self.videos.failed_item(position, "the sample has no video member"))
@@ -147,28 +138,15 @@ class ShardStream(IterableDataset):
                 raise RuntimeError(
                     f"{len(self.plan.shards)} shards cannot feed {self.plan.world} processes x {workers} workers"
                 )
-            for position, url, raw in _shuffled(self._raw(shards), self.plan.shuffle_buffer, rng):
+            for position, raw, reason in _shuffled(iter_wanted(shards), self.plan.shuffle_buffer, rng):
                 if skip:
                     skip -= 1
                     continue
                 if raw is None:
-                    yield self._targets(self.videos.failed_item(position, f"lost: {url}"))
+                    yield self._targets(self.videos.failed_item(position, reason))
                 else:
-                    yield self._item(raw, position, url)
+                    yield self._item(raw, position)
             rounds += 1
-
-    def _raw(self, shards) -> Iterator[tuple[int, str, Any]]:
-        for url, samples in shards:
-            position_of = {key: position for position, key in samples}
-            seen: set[str] = set()
-            try:
-                for raw in iter_shard(url, wanted=position_of.__contains__):
-                    seen.add(raw.key)
-                    yield position_of[raw.key], url, raw
-            except ShardReadError as err:
-                for position, key in samples:
-                    if key not in seen:
-                        yield position, f"{err.url}: {err.reason}", None
 
     def _skipped_items(self, role: int, workers: int) -> int:
         """Items this worker role yielded in the batches a resumed run skips: the DataLoader takes batch b from

@@ -190,6 +190,52 @@ class ShardReadError(OSError):
         self.url, self.reason, self.after = url, reason, after
 
 
+def iter_wanted(
+    shards: Sequence[tuple[str, Sequence[tuple[int, str]]]],
+) -> Iterator[tuple[int, RawSample | None, str | None]]:
+    """Each wanted sample of these shards once, shard by shard: ``(position, sample, None)``, or
+    ``(position, None, reason)`` for one its shard lost (truncated, missing: "lost: URL: reason") or lacks.
+    ``shards``: (url, [(position, key), ...]) in the order to read them."""
+    for url, samples in shards:
+        position_of = {key: position for position, key in samples}
+        seen: set[str] = set()
+        lost = None
+        try:
+            for raw in iter_shard(url, wanted=position_of.__contains__):
+                if raw.key not in seen:
+                    seen.add(raw.key)
+                    yield position_of[raw.key], raw, None
+        except ShardReadError as err:
+            lost = f"lost: {err.url}: {err.reason}"
+        for position, key in samples:
+            if key not in seen:
+                yield (
+                    position,
+                    None,
+                    lost or f"not in its shard {url} (the shard changed since it was listed?)",
+                )
+
+
+def owned_by_process(videos: Sequence[str], rank: int, world: int) -> list[tuple[int, str]]:
+    """The (position, video) pairs process ``rank`` of ``world`` takes: for shard samples (``url#key``), every
+    sample of the shards ``rank::world`` (each process reads only its own shards); for files, the positions
+    ``rank`` mod ``world``."""
+    if world == 1:
+        return list(enumerate(videos))
+    urls = []
+    for video in videos:
+        part = split_ref(video)
+        if part is None:  # files (or a mix): by position
+            return [(i, v) for i, v in enumerate(videos) if i % world == rank]
+        urls.append(part[0])
+    shard_number = {url: number for number, url in enumerate(dict.fromkeys(urls))}
+    return [
+        (i, v)
+        for i, (v, url) in enumerate(zip(videos, urls, strict=True))
+        if shard_number[url] % world == rank
+    ]
+
+
 # -- what a shard set holds ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SampleInfo:

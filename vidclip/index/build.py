@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vidclip.data.files import display_path
+from vidclip.data.shards import owned_by_process
 from vidclip.fileio import exclusive_lock
 from vidclip.index.rows import (
     FAILURES,
@@ -209,7 +210,7 @@ def build_index(
 ) -> BuildSummary:
     """Index ``videos`` into ``folder`` (new, or an index of the same model and settings: then only the videos
     it lacks are embedded) and bring its FAISS index up to date; this process takes the videos at positions
-    ``rank`` mod ``world``."""
+    ``rank`` mod ``world`` (shard samples: those of every ``world``-th shard)."""
     folder = Path(folder)
     if model.head.text_conditioned:
         raise ValueError(
@@ -230,7 +231,7 @@ def build_index(
         check_same_model(folder, meta.identity, identity)
         check_settings(folder, meta, settings)
         done = indexed_videos(folder)
-        mine = [(i, v) for i, v in enumerate(videos) if i % world == rank]
+        mine = owned_by_process(videos, rank, world)
         retry = {display_path(v) for _, v in mine if retry_failed and done.get(display_path(v), None)}
         if retry:
             forget_failures(folder, retry)

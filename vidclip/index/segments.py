@@ -26,6 +26,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vidclip.data.dataset import failure_reason, init_worker, time_limit
+from vidclip.data.shard_stream import ShardPlan, all_refs
+from vidclip.data.shards import iter_wanted
 from vidclip.heads.base import InstalledModule
 from vidclip.inference.pipeline import EncodeOptions
 from vidclip.inference.runtime import autocast, resolve_device
@@ -87,7 +89,8 @@ def plan_windows(
 class WindowFrames(IterableDataset):
     """Each video's window plan, then its wanted frames transformed, in chunks: items are dicts with ``kind``
     ``plan`` / ``frames`` (``indices`` (c,), ``pixels`` float (c, 3, S, S)) / ``end`` / ``error`` (``reason``)
-    and ``video`` (the position in ``paths``). Worker ``w`` of ``W`` takes the videos at positions w mod W."""
+    and ``video`` (the position in ``paths``). Worker ``w`` of ``W`` takes the videos at positions w mod W
+    (shard samples ``url#key``: those of the shards w::W, decoded from the tar's bytes)."""
 
     def __init__(
         self,
@@ -105,14 +108,24 @@ class WindowFrames(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if all_refs(self.paths):  # shard samples: worker w reads shards w::W, each video from its bytes
+            shards = ShardPlan.of_refs(self.paths).shards[worker::workers]
+            for position, raw, reason in iter_wanted(shards):
+                video = raw.video() if raw is not None else None
+                if video is None:
+                    reason = reason or "the sample has no video member"
+                    yield {"kind": "error", "video": position, "reason": reason}
+                else:
+                    yield from self._video(position, video[1])
+            return
         for position in range(worker, len(self.paths), workers):
             yield from self._video(position)
 
-    def _video(self, position: int) -> Iterator[dict[str, Any]]:
+    def _video(self, position: int, data: bytes | None = None) -> Iterator[dict[str, Any]]:
         path, timeout = self.paths[position], self.options.timeout
         try:
             with time_limit(timeout):
-                reader = open_video(path, self.options.decoder, max_pixels=self.options.max_pixels)
+                reader = open_video(path, self.options.decoder, max_pixels=self.options.max_pixels, data=data)
         except Exception as err:
             yield {"kind": "error", "video": position, "reason": failure_reason(err, timeout)}
             return

@@ -23,6 +23,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from vidclip.data.shards import split_ref
 from vidclip.index.video_index import MAX_QUERY_CHARS, check_query
 
 MAX_K = 100  # k outside 1..MAX_K is refused (400), not clamped: the caller learns the limit
@@ -245,6 +246,12 @@ def create_app(index: Any, *, allowed_hosts: list[str] | None = None, thumb_cach
         if not _ID.fullmatch(text) or int(text) >= len(index.videos):
             return error(404, f"no video {text[:40]!r} in this index (ids are 0 to {len(index.videos) - 1})")
         path = video_path(index, int(text))
+        if path is None and split_ref(index.videos[int(text)]) is not None:
+            return error(
+                404,
+                f"video {index.videos[int(text)]!r} is a sample of a WebDataset shard: the page plays and shows "
+                "files only (index the files, or unpack the sample, to watch it here)",
+            )
         if path is None:
             name = index.videos[int(text)]
             return error(
