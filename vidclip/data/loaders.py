@@ -179,7 +179,8 @@ def _shard_train_data(
     shards = len(annotations.shard_set.urls)
     if shards < world * max(workers, 1):
         raise ConfigError(
-            f"data.train: {shards} shards cannot feed {world} processes x {max(workers, 1)} loader workers "
+            f"data.train: {_count(shards, 'shard')} cannot feed {_count(world, 'process', 'processes')} x "
+            f"{_count(max(workers, 1), 'loader worker')} "
             f"(each reads whole shards): write more, smaller shards (vidclip prepare --shard-size) or lower "
             f"data.num_workers"
         )
@@ -202,6 +203,10 @@ def _shard_train_data(
     loader = ShardTrainLoader(stream, micro_batch // world, workers, samples // micro_batch)
     class_names = None if captions is not None else annotations.class_names
     return TrainData(loader, ShardEpochs(loader, samples), class_names, len(annotations.videos))  # type: ignore[arg-type]
+
+
+def _count(number: int, word: str, plural: str | None = None) -> str:
+    return f"{number} {word if number == 1 else plural or word + 's'}"
 
 
 def _shard_eval_data(
