@@ -191,6 +191,33 @@ def test_resumed_stream_continues_exactly(dataset, workers):
             assert torch.equal(a["index"], b["index"]) and torch.equal(a["video"], b["video"])
 
 
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_workers_stream_on_into_the_next_epoch_as_a_fresh_start_would(dataset, workers):
+    """Epochs of 5 batches over 2 or 3 workers (the next epoch starts on another worker): the same workers
+    stream epochs 0, 1, 2 on, also after a resume mid-epoch 0, with the batches of a loader started at each."""
+
+    def epochs(loader, skip=0):
+        out, running = [], []
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            out.append(list(loader.skip(skip) if epoch == 0 else loader))
+            running.append(loader._batches)
+        assert running[0] is running[1] is running[2]  # not restarted
+        return out
+
+    def fresh(epoch):
+        loader = train_loader(dataset, workers=workers, batches=5)
+        loader.set_epoch(epoch)
+        return list(loader)
+
+    expected = [fresh(epoch) for epoch in range(3)]
+    for skip in (0, 2):
+        got = epochs(train_loader(dataset, workers=workers, batches=5), skip)
+        assert [len(batches) for batches in got] == [5 - skip, 5, 5]
+        for a, b in zip(expected[0][skip:] + expected[1] + expected[2], sum(got, []), strict=True):
+            assert torch.equal(a["index"], b["index"]) and torch.equal(a["video"], b["video"])
+
+
 def test_pipe_and_fsspec_urls(dataset):
     fsspec = pytest.importorskip("fsspec", reason="fsspec is not installed (pip install fsspec)")
     local = dataset / "shards" / "test-000002.tar"

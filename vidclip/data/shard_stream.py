@@ -10,7 +10,8 @@ Over all processes every sample is seen exactly once, whatever the number of pro
 Training (``train=True``): each epoch permutes the shards from (seed, epoch); process ``rank`` takes
 ``rank::world`` of them and its workers split those again. A worker streams its shards through a shuffle
 buffer seeded from (seed, epoch, rank, worker role) and starts another pass (another permutation) when they
-run out, so every process yields as many batches as the epoch has steps whatever the shard sizes. What holds:
+run out, so every process yields as many batches as the epoch has steps whatever the shard sizes; the workers
+stream on into the next epoch (no restart per epoch), each batch the same as a fresh start would make. What holds:
 the same (seed, epoch, processes, workers) give the same batches; a resume mid-epoch skips the batches
 already trained without decoding them and continues exactly (the same processes and workers); with shards of
 equal size and a shard count that the processes x workers divide, an epoch sees every sample once. Which
@@ -20,6 +21,7 @@ batches do not): each process reads only its own shards.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,6 +80,9 @@ class ShardStream(IterableDataset):
     ) -> None:
         self.videos, self.plan, self.captions, self.tokenizer = videos, plan, captions, tokenizer
         self.epoch, self.skip_batches, self.batch_size = 0, 0, 1
+        self.batches_per_epoch: int | None = (
+            None  # training: set by ShardTrainLoader; None: one endless epoch
+        )
 
     # -- which shards this worker reads ------------------------------------------------------------------------
     def _worker(self) -> tuple[int, int]:
@@ -89,9 +94,11 @@ class ShardStream(IterableDataset):
         mine = self.plan.shards[self.plan.rank :: self.plan.world]
         return mine[worker::workers]
 
-    def _train_shards(self, role: int, workers: int, rounds: int) -> list[tuple[str, list[tuple[int, str]]]]:
+    def _train_shards(
+        self, epoch: int, role: int, workers: int, rounds: int
+    ) -> list[tuple[str, list[tuple[int, str]]]]:
         order = torch.randperm(
-            len(self.plan.shards), generator=seeded_generator(self.plan.seed, self.epoch, rounds)
+            len(self.plan.shards), generator=seeded_generator(self.plan.seed, epoch, rounds)
         )
         mine = [self.plan.shards[i] for i in order.tolist()][self.plan.rank :: self.plan.world]
         return mine[role::workers]
@@ -105,35 +112,49 @@ class ShardStream(IterableDataset):
             if raw is None:
                 yield self.videos.failed_item(position, reason)
             else:
-                yield self._item(raw, position)
+                yield self._item(raw, position, self.epoch)
 
-    def _item(self, raw, position: int) -> dict[str, Any]:
+    def _item(self, raw, position: int, epoch: int) -> dict[str, Any]:
         video = raw.video()
         if video is None:
-            return self._targets(self.videos.failed_item(position, "the sample has no video member"))
-        return self._targets(self.videos.decode_item(self.epoch, position, data=video[1]))
+            return self._targets(self.videos.failed_item(position, "the sample has no video member"), epoch)
+        return self._targets(self.videos.decode_item(epoch, position, data=video[1]), epoch)
 
-    def _targets(self, item: dict[str, Any]) -> dict[str, Any]:
+    def _targets(self, item: dict[str, Any], epoch: int) -> dict[str, Any]:
         if self.captions is not None:
             options = self.captions[item["index"]]
-            pick = int(torch.randint(len(options), (1,), generator=self._caption_generator(item["index"])))
+            generator = seeded_generator(self.plan.seed, epoch, item["index"], 1)
+            pick = int(torch.randint(len(options), (1,), generator=generator))
             item["tokens"] = self.tokenizer([options[pick]])[0]
         return item
 
-    def _caption_generator(self, position: int) -> torch.Generator:
-        return seeded_generator(self.plan.seed, self.epoch, position, 1)
-
     # -- training: endless passes, a shuffle buffer, skipping what a resumed run already trained on --------------
     def _train(self) -> Iterator[dict[str, Any]]:
+        """This worker's items, epoch after epoch: the DataLoader takes its n-th batch from worker n mod W, so
+        in an epoch that starts at within-epoch batch ``start`` after ``fetched`` batches of this iterator,
+        worker w makes the batches j = start, ... with j = w - fetched + start (mod W): the batches of role
+        ``j mod W``, whose stream is a function of (seed, epoch, rank, role) only."""
         worker, workers = self._worker()
-        role = (worker + self.skip_batches) % workers  # the DataLoader restarts its round-robin at worker 0
-        skip = self._skipped_items(role, workers)
-        rng = random.Random(
-            int(seeded_generator(self.plan.seed, self.epoch, self.plan.rank, role).initial_seed())
-        )
+        epoch, start, fetched = self.epoch, self.skip_batches, 0
+        while True:
+            role = (worker - fetched + start) % workers
+            if self.batches_per_epoch is None:  # one endless epoch
+                yield from self._role_items(epoch, role, workers, self._skipped_items(role, workers, start))
+                return
+            skipped = len(range(role, start, workers))
+            count = (len(range(role, self.batches_per_epoch, workers)) - skipped) * self.batch_size
+            stream = self._role_items(epoch, role, workers, skipped * self.batch_size)
+            yield from itertools.islice(stream, count)
+            stream.close()
+            fetched += self.batches_per_epoch - start
+            epoch, start = epoch + 1, 0
+
+    def _role_items(self, epoch: int, role: int, workers: int, skip: int) -> Iterator[dict[str, Any]]:
+        """The endless items of worker role ``role`` in ``epoch``, the first ``skip`` passed over undecoded."""
+        rng = random.Random(int(seeded_generator(self.plan.seed, epoch, self.plan.rank, role).initial_seed()))
         rounds = 0
         while True:
-            shards = self._train_shards(role, workers, rounds)
+            shards = self._train_shards(epoch, role, workers, rounds)
             if not shards:
                 raise RuntimeError(
                     f"{len(self.plan.shards)} shards cannot feed {self.plan.world} processes x {workers} workers"
@@ -143,16 +164,14 @@ class ShardStream(IterableDataset):
                     skip -= 1
                     continue
                 if raw is None:
-                    yield self._targets(self.videos.failed_item(position, reason))
+                    yield self._targets(self.videos.failed_item(position, reason), epoch)
                 else:
-                    yield self._item(raw, position)
+                    yield self._item(raw, position, epoch)
             rounds += 1
 
-    def _skipped_items(self, role: int, workers: int) -> int:
-        """Items this worker role yielded in the batches a resumed run skips: the DataLoader takes batch b from
-        worker b mod W, so role r (worker r of the uninterrupted run) made the batches r, r+W, ... below
-        ``skip_batches``."""
-        return len(range(role, self.skip_batches, workers)) * self.batch_size
+    def _skipped_items(self, role: int, workers: int, start: int) -> int:
+        """Items role ``role`` made in the batches below ``start`` (batches role, role + W, ...)."""
+        return len(range(role, start, workers)) * self.batch_size
 
 
 def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
@@ -174,7 +193,9 @@ def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
 
 class ShardTrainLoader:
     """The training loader over shards: exactly ``batches`` local micro-batches per epoch on every process,
-    moved to ``device``; ``set_epoch`` and ``skip`` (a resume) take effect at the next iteration."""
+    moved to ``device``; ``set_epoch`` and ``skip`` (a resume) take effect at the next iteration. Its workers
+    live from one epoch to the next (they stream the next epoch on, as persistent workers would), and start
+    again only after a resume, a jump in epochs, or an epoch left unfinished."""
 
     def __init__(self, stream: ShardStream, batch_size: int, num_workers: int, batches: int) -> None:
         self.stream, self.batch_size, self.num_workers, self.batches = (
@@ -183,9 +204,11 @@ class ShardTrainLoader:
             num_workers,
             batches,
         )
-        stream.batch_size = batch_size
+        stream.batch_size, stream.batches_per_epoch = batch_size, batches
         self.device: torch.device | None = None
         self._skip = 0
+        self._batches: Iterator | None = None  # the running DataLoader iterator, at the start of _next_epoch
+        self._next_epoch: int | None = None
 
     def __len__(self) -> int:
         return self.batches
@@ -198,20 +221,34 @@ class ShardTrainLoader:
         return self
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.stream.skip_batches, skip, self._skip = self._skip, self._skip, 0
-        loader = DataLoader(
-            self.stream,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            worker_init_fn=init_worker,
-        )
-        batches = iter(loader)
+        skip, self._skip = self._skip, 0
+        epoch = self.stream.epoch
+        if self._batches is None or skip or epoch != self._next_epoch:
+            self.close()
+            self.stream.skip_batches = skip
+            loader = DataLoader(
+                self.stream,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                collate_fn=collate,
+                worker_init_fn=init_worker,
+            )
+            self._batches = iter(loader)
+        self._next_epoch = None
+        finished = False
         try:
             for _ in range(self.batches - skip):
-                yield _to(next(batches), self.device)
+                yield _to(next(self._batches), self.device)
+            finished = True
         finally:
-            del batches  # ends the workers: they stream forever
+            if finished:
+                self._next_epoch = epoch + 1
+            else:  # left mid-epoch (a stop, max_steps): the workers are ahead of anything a next call wants
+                self.close()
+
+    def close(self) -> None:
+        """End the workers (they stream forever)."""
+        self._batches, self._next_epoch = None, None
 
 
 def _to(batch: dict[str, Any], device: torch.device | None) -> dict[str, Any]:

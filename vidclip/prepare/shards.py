@@ -15,6 +15,7 @@ the parts concatenated, written when the run ends, however it ends.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -301,10 +302,15 @@ def _read_metadata(path: Path) -> dict | None:
 
 
 def _is_done(out: Path, task: ShardTask) -> bool:
-    if not (out / f"{task.stem}.tar").is_file():
+    """Whether the shard was written for this plan and is still whole: its part records the plan, and the tar
+    has the size the part records (a shard cut or damaged since, a bad copy back, is written again)."""
+    tar = out / f"{task.stem}.tar"
+    if not tar.is_file():
         return False
     metadata = _read_metadata(_part(out, task.stem))
-    return metadata is not None and metadata.get("plan") == task.digest
+    if metadata is None or metadata.get("plan") != task.digest:
+        return False
+    return [shard.get("bytes") for shard in metadata.get("shards", [])] == [tar.stat().st_size]
 
 
 def check_shard_set(out: Path, splits: list[str], shard_size: int, settings: PrepareSettings | None) -> None:
@@ -415,7 +421,14 @@ def write_shard(task: ShardTask, out: Path) -> None:
     with atomic_path(tar) as tmp:
         with open(tmp, "wb") as stream:
             writer = webdataset.TarWriter(stream, encoder=False, mtime=0)  # mtime 0: the same bytes every run
-            rows = [_pack(task, task.start + i, entry, writer) for i, entry in enumerate(task.entries)]
+            try:
+                rows = [_pack(task, task.start + i, entry, writer) for i, entry in enumerate(task.entries)]
+            except BaseException:
+                # Close the tar now (what it still writes may fail: the error raised is the first one), or its
+                # buffer's __del__ later writes into the closed file and prints a traceback (a full disk).
+                with contextlib.suppress(Exception):
+                    writer.close()
+                raise
             writer.close()
         done = {
             "name": tar.name,
