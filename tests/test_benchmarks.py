@@ -218,3 +218,16 @@ def test_bench_index_prints_each_kind_against_flat_and_the_goal(tmp_path):
     assert re.search(r"^goal at 5000 clustered vectors: .*: met \(Flat", out, re.M), out
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert {row["index"].split(",")[0][:3] for row in rows} == {"Fla", "HNS", "IVF"}
+
+
+@pytest.mark.slow
+def test_bench_loader_prints_the_three_sources_and_shards_equal_files(tmp_path):
+    out = run_tool(
+        "bench_loader.py",
+        *"--model tiny --videos 4 --seconds 1 --height 144 --num-frames 4 --batch-size 2 --epochs 1 --repeats 1".split(),
+        *["--shards", "2", "4", "--cache", str(tmp_path)],
+    )
+    for source in ("original", "prepared", "shards:2", "shards:4"):
+        assert re.search(rf"\| {source} \| [0-9.]+ \| [0-9]+ MiB \| 0 \|", out), out
+    assert re.search(rf"prepared / original: {RATIO}", out) and re.search(rf"shards / prepared: {RATIO}", out)
+    assert "evaluation from shards == from files: True" in out

@@ -203,3 +203,17 @@ def test_the_search_page_says_a_shard_sample_is_not_a_file(packed, tmp_path):
         answer = client.get(url)
         assert answer.status_code == 404 and "is a sample of a WebDataset shard" in answer.json()["error"]
     assert client.get("/api/search", params={"q": "a square"}).status_code == 200
+
+
+def test_shard_sets_prepared_apart_are_read_together_each_from_its_index(packed, tmp_path, caplog):
+    """Two machines' outputs joined with '::': each part's samples from its own index, in order."""
+    root, videos, _ = packed
+    other = tmp_path / "other"
+    write_shards([str(videos / "v0.mp4"), str(videos / "v1.mp4")], other, shard_size=1, num_workers=1)
+    joined = collect_inputs([f"{spec(root)}::{other / 'videos-*.tar'}"])
+    assert "no index beside the shards" not in caplog.text  # not listed: both indexes were found
+    assert joined[:NUM_VIDEOS] == collect_inputs([spec(root)])
+    assert joined[NUM_VIDEOS:] == [
+        f"{other / 'videos-000000.tar'}#00000000",
+        f"{other / 'videos-000001.tar'}#00000001",
+    ]

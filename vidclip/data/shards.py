@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import io
+import itertools
 import json
 import logging
 import os
@@ -288,28 +289,48 @@ def read_shard_set(spec: str | Sequence[str], where: str = "shards") -> ShardSet
         urls = expand_shard_urls(specs)
     except ShardError as err:
         raise ShardError(f"{where}: {err}") from None
-    index = find_index(urls)
-    if index is not None:
-        return _from_index(index, urls, where)
-    return _listed(urls, where)
+    parts = []  # runs of shards that share an index (several prepared sets joined by '::'), in order
+    for candidate, run in itertools.groupby(urls, key=index_name):
+        run = list(run)
+        index = candidate if candidate is not None and _reachable(candidate) else None
+        parts.append(_from_index(index, run, where) if index is not None else _listed(run, where))
+    return parts[0] if len(parts) == 1 else _joined(parts, where)
 
 
-def find_index(urls: list[str]) -> str | None:
-    """The index ``vidclip prepare --shards`` writes beside numbered shards (``DIR/{split}-samples.parquet``
-    for ``DIR/{split}-000000.tar``...), if it is there; None for other names, pipes and unreachable places."""
-    first = urls[0]
-    if first.startswith("pipe:"):
+def index_name(url: str) -> str | None:
+    """Where ``vidclip prepare --shards`` puts the index of a numbered shard: ``DIR/{split}-samples.parquet``
+    for ``DIR/{split}-000000.tar``; None for other names and pipes."""
+    if url.startswith("pipe:"):
         return None
-    directory, base = posixpath.split(first)
+    directory, base = posixpath.split(url)
     match = _NUMBERED.match(base)
-    if match is None:
-        return None
-    candidate = posixpath.join(directory, match["prefix"] + INDEX_SUFFIX)
+    return None if match is None else posixpath.join(directory, match["prefix"] + INDEX_SUFFIX)
+
+
+def _reachable(url: str) -> bool:
     try:
-        with open_shard(candidate):
-            return candidate
+        with open_shard(url):
+            return True
     except Exception:
-        return None
+        return False
+
+
+def _joined(parts: list[ShardSet], where: str) -> ShardSet:
+    """Shard sets read together: their shards and samples in order; their class names must agree."""
+    names = {
+        json.dumps(part.metadata.get("class_names")) for part in parts if part.metadata.get("class_names")
+    }
+    if len(names) > 1:
+        raise ShardError(
+            f"{where}: the shard sets joined name different class names: {', '.join(sorted(names))}"
+        )
+    metadata = next((part.metadata for part in parts if part.metadata), {})
+    return ShardSet(
+        [url for part in parts for url in part.urls],
+        [sample for part in parts for sample in part.samples],
+        dict(metadata),
+        [problem for part in parts for problem in part.problems],
+    )
 
 
 def _from_index(index: str, urls: list[str] | None, where: str) -> ShardSet:
