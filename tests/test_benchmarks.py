@@ -231,3 +231,4 @@ def test_bench_loader_prints_the_three_sources_and_shards_equal_files(tmp_path):
         assert re.search(rf"\| {source} \| [0-9.]+ \| [0-9]+ MiB \| 0 \|", out), out
     assert re.search(rf"prepared / original: {RATIO}", out) and re.search(rf"shards / prepared: {RATIO}", out)
     assert "evaluation from shards == from files: True" in out
+    assert re.search(rf"from its bytes in memory \({RATIO}\)", out), out

@@ -185,3 +185,29 @@ def test_validation_from_shards_on_two_processes_sees_every_sample_once(data, sh
         {k: v for k, v in read_metrics(run)[-1].items() if k.startswith("val/")} for run in (single, double)
     )
     assert val_single and val_double == val_single
+
+
+def test_zeroshot_on_a_classification_shard_set_scores_as_on_the_files(data, shards, tmp_path):  # noqa: F811
+    from vidclip.commands import zeroshot as zeroshot_command
+
+    torch.manual_seed(0)
+    checkpoint = vidclip.save_checkpoint(
+        vidclip.create_model("tiny", num_frames=3), tmp_path / "model"
+    ).parent
+    config = tmp_path / "zeroshot.yaml"
+    config.write_text("task: classification\ndata:\n  format: csv\n")
+
+    def accuracy(*overrides) -> dict:
+        out = tmp_path / f"zeroshot{len(list(tmp_path.glob('zeroshot*.json')))}.json"
+        code = zeroshot_command.main(
+            ["--config", str(config), "--checkpoint", str(checkpoint), "--split", "train"]
+            + ["--output", str(out), "--num-workers", "2", *overrides]
+        )
+        assert code == 0
+        return json.loads(out.read_text())
+
+    files = accuracy(f"data.train={data / 'labels.csv'}")
+    from_shards = accuracy(
+        "data.format=webdataset", f"data.train={shards / 'classification' / 'train-*.tar'}"
+    )
+    assert from_shards == files and "top1" in files

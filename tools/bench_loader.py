@@ -13,8 +13,9 @@ workers) over ``--epochs`` epochs after a warm-up epoch, from:
   A. the original files, B. the prepared files, C. the prepared shards (``data.format: webdataset``),
 and samples the memory of the process and its workers (the sum of their PSS, psutil, every 20 ms); each
 source ``--repeats`` times, interleaved, the median rate and the largest peak kept. Prints videos/s, the
-ratios B/A (goal >= 3) and C/B (goal >= 1), the peak memory for each shard count (goal: flat), and whether
-evaluation from the shards gives exactly the similarity matrix of evaluation from the files (tiny model).
+ratios B/A (goal >= 3) and C/B (goal >= 1), the peak memory for each shard count (goal: flat), whether
+evaluation from the shards gives exactly the similarity matrix of evaluation from the files (tiny model), and
+the time to decode a prepared video from its file and from its bytes in memory (as from a shard).
 """
 
 from __future__ import annotations
@@ -236,6 +237,26 @@ def evaluation_matches(specs: dict[str, str], num_frames: int) -> bool:
     return bool(torch.equal(a.similarity, b.similarity))
 
 
+def decode_from_bytes(prepared: Path, num_frames: int, repeats: int = 3) -> tuple[float, float]:
+    """Milliseconds per video of ``load_frames`` (uniform) on the prepared files, from the path and from the
+    file's bytes in memory (what a shard gives), interleaved, the best of ``repeats`` passes each."""
+    from vidclip.video import load_frames
+
+    files = sorted(prepared.glob("clip*.mp4"))
+    datas = [path.read_bytes() for path in files]
+    best = [float("inf"), float("inf")]
+    for _ in range(repeats):
+        for side in (0, 1):
+            start = time.perf_counter()
+            for path, data in zip(files, datas, strict=True):
+                if side == 0:
+                    load_frames(path, num_frames)
+                else:
+                    load_frames(f"{path}.tar#0", num_frames, data=data)
+            best[side] = min(best[side], (time.perf_counter() - start) * 1000 / len(files))
+    return best[0], best[1]
+
+
 def median_run(measured: list[dict[str, float]]) -> dict[str, float]:
     """The median of each figure over the repeats (the peak memory: the largest)."""
     import statistics
@@ -286,6 +307,11 @@ def main(argv: list[str] | None = None) -> None:
         f"(max/min {max(memory) / min(memory):.2f}; goal: flat)"
     )
     print(f"evaluation from shards == from files: {evaluation_matches(specs, min(args.num_frames, 4))}")
+    path_ms, bytes_ms = decode_from_bytes(Path(specs["prepared"]).parent, args.num_frames)
+    print(
+        f"decoding a prepared video ({args.num_frames} frames): {path_ms:.1f} ms from its file, {bytes_ms:.1f} ms "
+        f"from its bytes in memory ({bytes_ms / path_ms:.2f}x)"
+    )
 
 
 if __name__ == "__main__":
