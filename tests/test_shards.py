@@ -6,6 +6,7 @@ caption each cost only themselves, named."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tarfile
@@ -21,7 +22,13 @@ import vidclip  # noqa: E402
 from vidclip.config import DataConfig  # noqa: E402
 from vidclip.data import VideoDataset, read_annotations  # noqa: E402
 from vidclip.data.shard_stream import ShardPlan, ShardStream, ShardTrainLoader  # noqa: E402
-from vidclip.data.shards import expand_shard_urls, is_shard_spec, read_shard_set, split_ref  # noqa: E402
+from vidclip.data.shards import (  # noqa: E402
+    expand_shard_urls,
+    is_shard_spec,
+    iter_shard,
+    read_shard_set,
+    split_ref,
+)
 from vidclip.inference.retrieval import score_retrieval  # noqa: E402
 from vidclip.synthetic import index_frames, read_frame_index, write_video  # noqa: E402
 from vidclip.video import load_frames  # noqa: E402
@@ -311,3 +318,39 @@ def test_a_corrupt_video_in_a_shard_costs_its_sample(dataset, tmp_path):
     encoded = encode_videos(model, read_shard_set(str(shard)).refs(), num_workers=0)
     assert encoded.valid.tolist() == [False, True]
     assert "truncated or corrupt" in encoded.errors[0][1] and encoded.errors[0][0].endswith("#a")
+
+
+def test_members_group_into_samples_as_webdataset_groups_them(tmp_path):
+    """Keys with folders and dots in their folder names, an upper-case extension, a multi-dot extension, a
+    ``__meta__.json`` member (a sample of its own, for webdataset too) and a folder entry: grouped as
+    webdataset's own pipeline groups them, and a sample not wanted is passed over."""
+    from webdataset import WebDataset
+
+    shard = tmp_path / "odd-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        tar.addfile(tarfile.TarInfo("clips.v1/"), None)
+        add("__meta__.json", b"{}")
+        add("clips.v1/a.MP4", b"video a")
+        add("clips.v1/a.json", b'{"caption": "a"}')
+        add("clips.v1/b.seg.mp4", b"video b")
+        add("c.mp4", b"video c")
+        add("c.txt", b"caption c")
+    ours = [(raw.key, sorted(raw.members.items())) for raw in iter_shard(str(shard))]
+    theirs = [
+        (sample["__key__"], sorted((k, v) for k, v in sample.items() if not k.startswith("__")))
+        for sample in WebDataset(str(shard), shardshuffle=False, empty_check=False)
+    ]
+    assert ours == theirs
+    assert [key for key, _ in ours] == ["__meta__", "clips.v1/a", "clips.v1/b", "c"]
+    assert dict(ours)["clips.v1/a"] == [("json", b'{"caption": "a"}'), ("mp4", b"video a")]
+    assert [raw.key for raw in iter_shard(str(shard), wanted=lambda key: key != "clips.v1/b")] == [
+        "__meta__",
+        "clips.v1/a",
+        "c",
+    ]

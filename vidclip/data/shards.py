@@ -126,36 +126,36 @@ class RawSample:
 
 
 def iter_shard(url: str, wanted: Callable[[str], bool] | None = None) -> Iterator[RawSample]:
-    """The samples of one shard in the order stored (members of a key are consecutive). ``wanted(key)`` False:
-    the sample's bytes are skipped, not kept. A shard that cannot be opened or read to its end raises
-    :class:`ShardReadError` after the samples read before the fault."""
+    """The samples of one shard in the order stored (members of a key are consecutive), read by webdataset's
+    streaming tar iterator. ``wanted(key)`` False: the sample's members are passed over, not read into memory.
+    A shard that cannot be opened or read to its end raises :class:`ShardReadError` after the samples read
+    before the fault."""
+    from webdataset.tariterators import tar_file_iterator
+
     try:
         stream = open_shard(url)
     except ShardError:
         raise
     except Exception as err:
         raise ShardReadError(url, _reason(err)) from err
+
+    def selected(name: str) -> bool:
+        key, ext = split_member(name)
+        return key is not None and ext is not None and (wanted is None or wanted(key))
+
     current: RawSample | None = None
     done: str | None = None  # the key of the last sample given out whole
     try:
-        with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                key, ext = _split_member(info.name)
-                if key is None or ext is None:
-                    continue
+        with stream:
+            for member in tar_file_iterator(stream, select_files=selected):
+                key, ext = split_member(member["fname"])
                 if current is not None and key != current.key:
                     done = current.key
                     yield current
                     current = None
-                if wanted is not None and not wanted(key):
-                    continue
                 if current is None:
                     current = RawSample(key, {})
-                reader = tar.extractfile(info)
-                current.members[ext] = reader.read() if reader is not None else b""
-                tar.members = []  # a streamed tar keeps every header otherwise: memory would grow
+                current.members[ext] = member["data"]
     except ShardReadError:
         raise
     except Exception as err:  # a truncated or corrupt tar, a pipe that failed, a connection that dropped
@@ -164,22 +164,22 @@ def iter_shard(url: str, wanted: Callable[[str], bool] | None = None) -> Iterato
         yield current
 
 
-def _split_member(name: str) -> tuple[str | None, str | None]:
-    """(key, extension) of a member name, as webdataset splits it: the key is the path up to the first dot of
-    the base name."""
-    directory, base = posixpath.split(name)
-    if "." not in base or base.startswith("__"):
-        return None, None
-    stem, ext = base.split(".", 1)
-    return posixpath.join(directory, stem) if directory else stem, ext.lower()
+def split_member(name: str) -> tuple[str | None, str | None]:
+    """(key, lower-case extension) of a tar member's name, as webdataset groups members into samples: the key is
+    the path up to the first dot of the base name; (None, None) for a name without an extension."""
+    from webdataset.tariterators import base_plus_ext
+
+    key, ext = base_plus_ext(name)
+    return (key, ext.lower()) if key is not None and ext else (None, None)
 
 
 def _reason(err: BaseException) -> str:
     if isinstance(err, FileNotFoundError):
         return "no such shard"
-    if isinstance(err, tarfile.ReadError) or "unexpected end" in str(err).lower():
-        return f"truncated or corrupt tar ({' '.join(str(err).split())[:200]})"
-    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    text = " ".join(str(err).split(" @ <")[0].split())[:200]  # webdataset appends " @ <the stream>"
+    if isinstance(err, tarfile.ReadError) or "unexpected end" in text.lower():
+        return f"truncated or corrupt tar ({text})"
+    return f"{type(err).__name__}: {text}"
 
 
 class ShardReadError(OSError):
