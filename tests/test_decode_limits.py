@@ -241,6 +241,7 @@ def without_killers(videos: Path, tmp_path: Path) -> Path:
 ENCODING = ["--num-workers", "2", "--batch-size", "2", "--checkpoint"]
 
 
+@pytest.mark.slow
 def test_extract_gives_a_video_that_kills_its_worker_its_own_row(videos, checkpoint, kill_workers, tmp_path):
     out = tmp_path / "out"
     assert extract.main([str(videos), "--out", str(out), *ENCODING, checkpoint]) == 0
@@ -259,6 +260,7 @@ def test_extract_gives_a_video_that_kills_its_worker_its_own_row(videos, checkpo
         np.testing.assert_allclose(ours["embedding"], row["embedding"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_zeroshot_gives_a_video_that_kills_its_worker_its_own_row(videos, checkpoint, kill_workers, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("red square\ngreen circle\nblue\n")
@@ -278,6 +280,7 @@ def test_zeroshot_gives_a_video_that_kills_its_worker_its_own_row(videos, checkp
     np.testing.assert_allclose(kept["score"], reference["score"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_worker_death_is_never_raised_in_the_code_that_consumes_the_batches(
     videos, checkpoint, kill_workers
 ):

@@ -270,6 +270,7 @@ def test_each_refusal_is_one_line_with_its_exit_code(case, data, tmp_path, capsy
     assert len(errors) == 1 and fragment in errors[0], err
 
 
+@pytest.mark.slow
 def test_the_real_command_prints_one_line_and_no_traceback(data, tmp_path):
     """Through ``python -m vidclip``: what a user's terminal shows, stderr whole."""
     for argv, fragment in [
