@@ -75,7 +75,7 @@ def client(index):
 
 
 class Cards(HTMLParser):
-    """The result links (their data-* attributes), thumbnails and 'file missing' notes of a results page."""
+    """The result links (their data-* attributes), thumbnails and 'cannot play' notes of a results page."""
 
     def __init__(self, text: str):
         super().__init__()
@@ -317,7 +317,9 @@ def test_a_video_moved_since_indexing_is_reported_not_an_error(tmp_path):
     cards = Cards(page.text)
     assert [link["data-src"] for link in cards.links] == [f"/media/{1 - moved}"]
     assert (
-        len(cards.missing) == 1 and str(files[0]) in cards.missing[0] and "file missing" in cards.missing[0]
+        len(cards.missing) == 1
+        and str(files[0]) in cards.missing[0]
+        and cards.missing[0].startswith("cannot play: ")
     )
     media = client.get(f"/media/{moved}")
     assert media.status_code == 404

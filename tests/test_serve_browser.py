@@ -1,6 +1,7 @@
 """The search page in a real headless Chromium (Debian's chromium and chromium-driver; Selenium Manager is
 never asked to download a browser): type a query, submit, click a result, and the page's player plays the
-indexed video from that result's start, seeking through HTTP Range requests."""
+indexed video from that result's start, seeking through HTTP Range requests; for an index of files and for
+one of shards."""
 
 from __future__ import annotations
 
@@ -32,13 +33,21 @@ from vidclip.index import VideoIndex  # noqa: E402
 from vidclip.index.web import DEFAULT_K, create_app  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory):
-    """A real index (tiny model) of 2 videos of 20 s in 4-second windows every 2 s: 18 rows. The videos are
-    H.264 yuv420p MP4, which Debian's chromium plays (VP9 WebM too; both were tried)."""
-    root = tmp_path_factory.mktemp("browser")
+@pytest.fixture(scope="module", params=["files", "shards"])
+def index(request, tmp_path_factory):
+    """A real index (tiny model) of 2 videos of 20 s in 4-second windows every 2 s: 18 rows, built from the
+    files or from WebDataset shards of them (the page then plays each sample from its byte range in the tar).
+    The videos are H.264 yuv420p MP4, which Debian's chromium plays (VP9 WebM too; both were tried)."""
+    root = tmp_path_factory.mktemp(f"browser-{request.param}")
     make_videos(root / "videos", 2, frames=200)
-    return VideoIndex.load(build_index(root, root / "videos", "--segment", "4", "--stride", "2"))
+    source = root / "videos"
+    if request.param == "shards":
+        pytest.importorskip("webdataset", reason="webdataset is not installed (pip install webdataset)")
+        from vidclip.prepare import write_shards
+
+        write_shards([str(source)], root / "shards", shard_size=1, num_workers=1)
+        source = root / "shards" / "videos-*.tar"
+    return VideoIndex.load(build_index(root, source, "--segment", "4", "--stride", "2"))
 
 
 @pytest.fixture(scope="module")

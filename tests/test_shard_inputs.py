@@ -188,23 +188,6 @@ def test_zeroshot_from_shards_scores_as_from_the_files(packed, tmp_path, capsys)
     assert "--show draws the frames of video files again" in capsys.readouterr().err
 
 
-def test_the_search_page_says_a_shard_sample_is_not_a_file(packed, tmp_path):
-    pytest.importorskip("fastapi", reason="fastapi is not installed (pip install fastapi)")
-    pytest.importorskip("httpx", reason="httpx is not installed (pip install httpx)")
-    from fastapi.testclient import TestClient
-
-    from vidclip.index.web import create_app
-
-    root, _, run = packed
-    common = ("--checkpoint", run, "--num-workers", 0)
-    assert run_command(index_command, spec(root), "--out", tmp_path / "index", *common) == 0
-    client = TestClient(create_app(VideoIndex.load(tmp_path / "index")), base_url="http://127.0.0.1")
-    for url in ("/media/0", "/thumb/0/0.jpg"):
-        answer = client.get(url)
-        assert answer.status_code == 404 and "is a sample of a WebDataset shard" in answer.json()["error"]
-    assert client.get("/api/search", params={"q": "a square"}).status_code == 200
-
-
 def test_shard_sets_prepared_apart_are_read_together_each_from_its_index(packed, tmp_path, caplog):
     """Two machines' outputs joined with '::': each part's samples from its own index, in order."""
     root, videos, _ = packed

@@ -2,7 +2,8 @@
 
 ``GET /`` is a server-rendered page (a form, result cards with thumbnails, a player; it works without
 JavaScript), ``GET /api/search`` the same results as JSON, ``GET /media/{id}`` an indexed video (with HTTP Range
-requests, so players can seek) and ``GET /thumb/{id}/{ms}.jpg`` a frame of it. Ids are positions in
+requests, so players can seek; a sample of a local shard is served from its byte range in the tar) and
+``GET /thumb/{id}/{ms}.jpg`` a frame of it. Ids are positions in
 ``index.videos``: no path from a request ever reaches the filesystem. FastAPI is imported by
 :func:`create_app` only, so ``import vidclip`` never needs it (``pip install 'vidclip[serve]'``).
 """
@@ -23,7 +24,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from vidclip.data.shards import split_ref
+from vidclip.data.shard_members import VideoSpan
+from vidclip.index.media import MediaUnavailable, locate_media, span_response
 from vidclip.index.video_index import MAX_QUERY_CHARS, check_query
 
 MAX_K = 100  # k outside 1..MAX_K is refused (400), not clamped: the caller learns the limit
@@ -39,8 +41,9 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class Hit:
-    """One result as the page and the API show it; ``available`` is False when the file moved since; ``end``
-    is NaN where the index does not know it (built from embeddings: JSON null, no range shown)."""
+    """One result as the page and the API show it; ``available`` is False when it cannot be played (the file
+    moved since: ``problem`` says why); ``end`` is NaN where the index does not know it (built from embeddings:
+    JSON null, no range shown)."""
 
     rank: int
     video: str
@@ -49,6 +52,7 @@ class Hit:
     end: float
     score: float
     available: bool
+    problem: str = ""
 
     @property
     def known_end(self) -> bool:
@@ -116,10 +120,13 @@ def format_time(seconds: float) -> str:
     return f"{text}.{tenth}" if tenth else text
 
 
-def video_path(index: Any, video_id: int) -> Path | None:
-    """The indexed file of ``video_id`` when it still is a regular file, else None."""
-    path = Path(index.video_file(video_id))
-    return path if path.is_file() else None
+def media_problem(index: Any, video_id: int) -> str:
+    """Why ``video_id`` cannot be played now ("" when it can)."""
+    try:
+        locate_media(index, video_id)
+    except MediaUnavailable as err:
+        return str(err)
+    return ""
 
 
 def run_search(index: Any, query: str, k: int, moments: bool, lock: threading.Lock) -> list[Hit]:
@@ -128,9 +135,9 @@ def run_search(index: Any, query: str, k: int, moments: bool, lock: threading.Lo
     hits = []
     for row in table.head(k).itertuples(index=False):
         video_id = index.video_id(row.video)
-        available = video_path(index, video_id) is not None
+        problem = media_problem(index, video_id)
         numbers = (float(row.start), float(row.end), float(row.score))
-        hits.append(Hit(int(row.rank), str(row.video), video_id, *numbers, available))
+        hits.append(Hit(int(row.rank), str(row.video), video_id, *numbers, not problem, problem))
     return hits
 
 
@@ -193,8 +200,7 @@ def render_card(hit: Hit) -> str:
     )
     if not hit.available:
         return (
-            f'<li class="result"><span class="missing">file missing: {esc(hit.video)} has moved or been '
-            f"deleted since it was indexed</span><br>{text}</li>"
+            f'<li class="result"><span class="missing">cannot play: {esc(hit.problem)}</span><br>{text}</li>'
         )
     return (
         f'<li class="result"><a href="{esc(hit.media_url)}" data-src="/media/{hit.video_id}" '
@@ -203,13 +209,17 @@ def render_card(hit: Hit) -> str:
     )
 
 
-def thumbnail_jpeg(path: Path, seconds: float, height: int = THUMB_HEIGHT) -> bytes:
-    """The frame of ``path`` at ``seconds`` (clamped to the video), ``height`` pixels high, as JPEG bytes."""
+def thumbnail_jpeg(source: Path | VideoSpan, seconds: float, height: int = THUMB_HEIGHT) -> bytes:
+    """The frame of ``source`` (a file, or a sample's video in a shard) at ``seconds`` (clamped to the video),
+    ``height`` pixels high, as JPEG bytes."""
     from PIL import Image
 
     from vidclip.video import open_video
 
-    reader = open_video(path)
+    if isinstance(source, VideoSpan):
+        reader = open_video(f"{source.path}#{source.member}", data=source.read())
+    else:
+        reader = open_video(source)
     try:
         frame_index = min(max(int(seconds * reader.fps), 0), reader.num_frames - 1)
         frame = reader.get_frames([frame_index])[0].cpu().numpy()
@@ -225,7 +235,7 @@ def thumbnail_jpeg(path: Path, seconds: float, height: int = THUMB_HEIGHT) -> by
 def create_app(index: Any, *, allowed_hosts: list[str] | None = None, thumb_cache: int = 256) -> Any:
     """The FastAPI app serving ``index``; ``allowed_hosts``: the Host headers answered (default: loopback
     names only, which defeats DNS rebinding; ``["*"]`` for any)."""
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Header
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -241,23 +251,15 @@ def create_app(index: Any, *, allowed_hosts: list[str] | None = None, thumb_cach
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    def indexed_file(text: str) -> Path | JSONResponse:
-        """The file of the video id ``text``, or the 404 to answer: an unknown id, or a file moved since."""
+    def indexed_media(text: str) -> Path | VideoSpan | JSONResponse:
+        """The file or shard span of the video id ``text``, or the 404 to answer: an unknown id, a file moved
+        since, a sample that cannot be played from its shard."""
         if not _ID.fullmatch(text) or int(text) >= len(index.videos):
             return error(404, f"no video {text[:40]!r} in this index (ids are 0 to {len(index.videos) - 1})")
-        path = video_path(index, int(text))
-        if path is None and split_ref(index.videos[int(text)]) is not None:
-            return error(
-                404,
-                f"video {index.videos[int(text)]!r} is a sample of a WebDataset shard: the page plays and shows "
-                "files only (index the files, or unpack the sample, to watch it here)",
-            )
-        if path is None:
-            name = index.videos[int(text)]
-            return error(
-                404, f"video {name!r} was indexed at {index.video_file(int(text))} but is no longer there"
-            )
-        return path
+        try:
+            return locate_media(index, int(text))
+        except MediaUnavailable as err:
+            return error(404, str(err))
 
     @app.get("/", response_class=HTMLResponse)
     def page(q: str | None = None, k: str | None = None, moments: str | None = None) -> HTMLResponse:
@@ -292,24 +294,27 @@ def create_app(index: Any, *, allowed_hosts: list[str] | None = None, thumb_cach
         return JSONResponse(body, headers=headers)
 
     @app.get("/media/{video_id}")
-    def media(video_id: str) -> Response:
-        path = indexed_file(video_id)
-        return path if isinstance(path, JSONResponse) else FileResponse(path, headers=headers)
+    def media(video_id: str, range_header: str | None = Header(default=None, alias="range")) -> Response:
+        source = indexed_media(video_id)
+        if isinstance(source, VideoSpan):
+            return span_response(source, range_header, headers)
+        return source if isinstance(source, JSONResponse) else FileResponse(source, headers=headers)
 
     @functools.lru_cache(maxsize=thumb_cache)
-    def cached_thumbnail(path: Path, ms: int, mtime_ns: int) -> bytes:
-        return thumbnail_jpeg(path, ms / 1000)
+    def cached_thumbnail(source: Path | VideoSpan, ms: int, mtime_ns: int) -> bytes:
+        return thumbnail_jpeg(source, ms / 1000)
 
     @app.get("/thumb/{video_id}/{ms}.jpg")
     def thumb(video_id: str, ms: str) -> Response:
-        path = indexed_file(video_id)
-        if isinstance(path, JSONResponse):
-            return path
+        source = indexed_media(video_id)
+        if isinstance(source, JSONResponse):
+            return source
         if not _ID.fullmatch(ms):
             return error(404, f"the time of a thumbnail is whole milliseconds, got {ms[:40]!r}")
+        path = source.path if isinstance(source, VideoSpan) else source
         try:
-            jpeg = cached_thumbnail(path, int(ms), path.stat().st_mtime_ns)
-        except (OSError, VideoDecodeError) as err:
+            jpeg = cached_thumbnail(source, int(ms), path.stat().st_mtime_ns)
+        except (OSError, VideoDecodeError, ValueError) as err:
             return error(404, f"no frame of {path.name} at {int(ms) / 1000:g} s: {err}")
         return Response(jpeg, media_type="image/jpeg", headers={**headers, "Cache-Control": "max-age=3600"})
 
