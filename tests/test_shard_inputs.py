@@ -19,7 +19,7 @@ from vidclip.commands import extract as extract_command  # noqa: E402
 from vidclip.commands import index as index_command  # noqa: E402
 from vidclip.commands import zeroshot as zeroshot_command  # noqa: E402
 from vidclip.commands.common import collect_inputs  # noqa: E402
-from vidclip.data.shards import owned_by_process, split_ref  # noqa: E402
+from vidclip.data.shards import owned_by_process, read_videos, split_ref  # noqa: E402
 from vidclip.index import VideoIndex  # noqa: E402
 from vidclip.prepare import write_shards  # noqa: E402
 from vidclip.synthetic import index_frames, write_video  # noqa: E402
@@ -173,7 +173,7 @@ def test_windows_of_shard_samples_equal_the_windows_of_the_files(packed, tmp_pat
     np.testing.assert_array_equal(np.stack(shard_rows["embedding"]), np.stack(rows["files"]["embedding"]))
 
 
-def test_zeroshot_from_shards_scores_as_from_the_files(packed, tmp_path, capsys):
+def test_zeroshot_from_shards_scores_as_from_the_files(packed, tmp_path, monkeypatch):
     root, videos, run = packed
     common = ("--labels", "square,circle,triangle", "--checkpoint", run, "--num-workers", 2)
     assert run_command(zeroshot_command, spec(root), *common, "--output", tmp_path / "shards.csv") == 0
@@ -183,9 +183,23 @@ def test_zeroshot_from_shards_scores_as_from_the_files(packed, tmp_path, capsys)
     a = a.assign(video=[files[ref] for ref in a["video"]]).sort_values("video").reset_index(drop=True)
     b = b.sort_values("video").reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
-    capsys.readouterr()
-    assert run_command(zeroshot_command, spec(root), *common, "--show", tmp_path / "sheets") != 0
-    assert "--show draws the frames of video files again" in capsys.readouterr().err
+    from vidclip import viz
+
+    drawn: dict[str, dict[str, torch.Tensor]] = {}
+    draw = viz.contact_sheet
+
+    def recording(videos, titles, labels):  # each sheet's frames, by the file they came from
+        for video, title in zip(videos, titles, strict=True):
+            drawn.setdefault(source, {})[files.get(title, title)] = video
+        return draw(videos, titles, labels)
+
+    monkeypatch.setattr(viz, "contact_sheet", recording)
+    for source, inputs in (("shards", spec(root)), ("files", videos)):
+        assert run_command(zeroshot_command, inputs, *common, "--show", tmp_path / source) == 0
+        assert [p.name for p in (tmp_path / source).iterdir()] == ["contact_sheet_001.png"]
+    assert sorted(drawn["shards"]) == sorted(drawn["files"]) and len(drawn["files"]) == NUM_VIDEOS
+    for name, frames in drawn["files"].items():
+        assert torch.equal(drawn["shards"][name], frames), name  # the frames decoded from the shard's bytes
 
 
 def test_shard_sets_prepared_apart_are_read_together_each_from_its_index(packed, tmp_path, caplog):
@@ -200,3 +214,17 @@ def test_shard_sets_prepared_apart_are_read_together_each_from_its_index(packed,
         f"{other / 'videos-000000.tar'}#00000000",
         f"{other / 'videos-000001.tar'}#00000001",
     ]
+
+
+def test_read_videos_gives_each_samples_bytes_or_why_not(packed, tmp_path):
+    """In the order asked, each shard read once: the bytes of the files packed unchanged; a key not in its
+    shard and a shard that is gone give their reasons."""
+    root, _, _ = packed
+    files = file_of(root)
+    refs = list(files)
+    gone = f"{tmp_path / 'videos-000009.tar'}#00000018"
+    asked = [refs[3], refs[0], f"{refs[0].split('#')[0]}#nokey", gone, refs[1]]
+    got = read_videos(asked)
+    assert [got[0], got[1], got[4]] == [Path(files[ref]).read_bytes() for ref in (refs[3], refs[0], refs[1])]
+    assert "not in its shard" in got[2]
+    assert got[3].startswith("lost: ") and "no such shard" in got[3]

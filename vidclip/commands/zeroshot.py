@@ -34,6 +34,7 @@ from vidclip.commands.common import (
 from vidclip.commands.eval import write_json
 from vidclip.data.files import display_path
 from vidclip.data.shard_stream import all_refs
+from vidclip.data.shards import read_videos
 from vidclip.inference.classify import classify_videos, evaluate_classification, summarize_splits
 from vidclip.templates import get_templates
 from vidclip.viz import require_plotting
@@ -48,7 +49,8 @@ EPILOG = """examples:
 
 templates: a named set (vifi, video, kinetics, ucf101) or sentences with one {} for the label.
 --show DIR (files mode) writes contact sheets DIR/contact_sheet_001.png, ... of 16 videos each: every video's
-frames, its name and its top-3 labels with their scores; a video that could not be decoded shows why.
+frames, its name and its top-3 labels with their scores; a video that could not be decoded shows why. Shard
+samples are drawn from their bytes, read a sheet at a time.
 It needs matplotlib: pip install "vidclip[viz]".
 """
 
@@ -101,8 +103,6 @@ def run_files(args: argparse.Namespace) -> int:
     labels = read_labels(args)
     paths = collect_inputs(args.inputs)
     if args.show:
-        if all_refs(paths):
-            raise ValueError("--show draws the frames of video files again: it cannot read shard samples")
         require_plotting("--show")
     if args.output:
         check_writable(args.output)
@@ -138,8 +138,9 @@ def write_contact_sheets(
 ) -> list[Path]:
     """PNG contact sheets of a prediction table, ``per_sheet`` videos each (``contact_sheet_001.png``...): each
     video's frames (at most 8, uniform), its path and its top-3 labels; a failed video shows its error.
-    ``paths``: the files to open, one per row, when the table's ``video`` column is their printable form
-    (:func:`~vidclip.data.files.display_path`); by default that column."""
+    ``paths``: the files (or shard samples, read from their shards a sheet at a time) to open, one per row,
+    when the table's ``video`` column is their printable form (:func:`~vidclip.data.files.display_path`); by
+    default that column."""
     from vidclip import viz
 
     rows = table.to_dict("records")
@@ -148,9 +149,10 @@ def write_contact_sheets(
     for page, start in enumerate(range(0, len(rows), per_sheet), start=1):
         chunk = rows[start : start + per_sheet]
         opened = paths[start : start + per_sheet]
+        datas = read_videos(opened) if all_refs(opened) else [None] * len(opened)
         videos = [
-            _sheet_frames(row, path, min(num_frames, 8), decoder)
-            for row, path in zip(chunk, opened, strict=True)
+            _sheet_frames(row, path, min(num_frames, 8), decoder, data)
+            for row, path, data in zip(chunk, opened, datas, strict=True)
         ]
         figure = viz.contact_sheet(
             videos, [row["video"] for row in chunk], [_top_labels(row) for row in chunk]
@@ -159,14 +161,19 @@ def write_contact_sheets(
     return written
 
 
-def _sheet_frames(row: dict, path: str, num_frames: int, decoder: str) -> torch.Tensor | str:
-    """The video's uniformly sampled frames, or why there are none (its classification error, or a new one)."""
-    from vidclip.video import VideoDecodeError, load_video
+def _sheet_frames(
+    row: dict, path: str, num_frames: int, decoder: str, data: bytes | str | None = None
+) -> torch.Tensor | str:
+    """The video's uniformly sampled frames, or why there are none (its classification error, or a new one).
+    ``data``: a shard sample's bytes, or why they could not be read."""
+    from vidclip.video import VideoDecodeError, load_frames
 
     if not pd.isna(row["error"]):
         return str(row["error"])
+    if isinstance(data, str):
+        return data
     try:
-        return load_video(path, num_frames, "uniform", decoder=decoder)
+        return load_frames(path, num_frames, "uniform", decoder=decoder, data=data).frames
     except VideoDecodeError as err:
         return str(err)
 

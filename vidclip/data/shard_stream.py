@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vidclip.data.dataset import Tokenizer, VideoDataset, collate, init_worker, seeded_generator
-from vidclip.data.shards import iter_wanted, split_ref
+from vidclip.data.shards import group_refs, iter_wanted, split_ref
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,7 @@ class ShardPlan:
     @classmethod
     def of_refs(cls, refs: list[str], **options: Any) -> ShardPlan:
         """The plan that streams ``refs`` (``url#key`` sample references), position = place in the list."""
-        shards: dict[str, list[tuple[int, str]]] = {}
-        for position, ref in enumerate(refs):
-            parts = split_ref(ref)
-            if parts is None:
-                raise ValueError(f"not a shard sample reference (url#key): {ref}")
-            shards.setdefault(parts[0], []).append((position, parts[1]))
-        return cls(list(shards.items()), **options)
+        return cls(group_refs(refs), **options)
 
     def num_samples(self) -> int:
         return sum(len(samples) for _, samples in self.shards)

@@ -278,6 +278,28 @@ def split_ref(ref: str) -> tuple[str, str] | None:
     return url, key
 
 
+def group_refs(refs: Sequence[str]) -> list[tuple[str, list[tuple[int, str]]]]:
+    """Sample references (``url#key``) grouped by shard in first-seen order: (url, [(position, key), ...]),
+    position = the place in ``refs``; what :func:`iter_wanted` reads. Refuses a path that is not a reference."""
+    shards: dict[str, list[tuple[int, str]]] = {}
+    for position, ref in enumerate(refs):
+        parts = split_ref(ref)
+        if parts is None:
+            raise ValueError(f"not a shard sample reference (url#key): {ref}")
+        shards.setdefault(parts[0], []).append((position, parts[1]))
+    return list(shards.items())
+
+
+def read_videos(refs: Sequence[str]) -> list[bytes | str]:
+    """The video bytes of each sample reference, reading each shard once; for a sample that cannot be read,
+    the reason instead (a str)."""
+    videos: list[bytes | str] = ["not read"] * len(refs)
+    for position, raw, reason in iter_wanted(group_refs(refs)):
+        video = raw.video() if raw is not None else None
+        videos[position] = video[1] if video is not None else reason or "the sample has no video member"
+    return videos
+
+
 def read_shard_set(spec: str | Sequence[str], where: str = "shards") -> ShardSet:
     """The samples of the shards ``spec`` names: from the index beside them when there is one, else by
     listing them once. A shard that cannot be read costs its own samples (named in ``problems`` and a
