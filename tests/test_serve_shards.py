@@ -6,6 +6,7 @@ it was packed from, a relative shard path resolves where the index was built, an
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import shutil
 import tarfile
@@ -84,7 +85,9 @@ def test_a_shard_sample_plays_from_its_byte_range_with_range_requests(built, tmp
     data = files[1].read_bytes()
     part = client.get("/media/1", headers={"Range": "bytes=0-99"})
     assert part.status_code == 206 and part.content == data[:100]
-    assert part.headers["content-range"] == f"bytes 0-99/{len(data)}"
+    assert (
+        part.headers["content-range"] == f"bytes 0-99/{len(data)}" and part.headers["content-length"] == "100"
+    )
     middle = client.get("/media/1", headers={"Range": f"bytes=300-{len(data) + 50}"})  # clamped to the end
     assert middle.status_code == 206 and middle.content == data[300:]
     tail = client.get("/media/1", headers={"Range": "bytes=-10"})
@@ -207,6 +210,7 @@ def test_find_video_span_reads_the_video_member_from_the_tar_headers(built, tmp_
         ("bytes=1000-", RangeNotSatisfiable),
         ("bytes=5000-6000", RangeNotSatisfiable),
         ("bytes=-0", RangeNotSatisfiable),
+        ("Bytes=0-9", (0, 9)),  # the unit is case-insensitive
     ],
 )
 def test_parse_range(header, expected):
@@ -215,3 +219,69 @@ def test_parse_range(header, expected):
             parse_range(header, 1000)
     else:
         assert parse_range(header, 1000) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=0-", "bytes=-5", "bytes=0-0"])
+def test_no_range_of_an_empty_body_is_satisfiable(header):
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range(header, 0)
+    assert parse_range(None, 0) is None
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_the_page_plays_the_member_the_reader_decodes(tmp_path):
+    """A sample with a .webm before its .mp4, one whose .mp4 is stored twice, one under a __meta__ folder:
+    the span found is the member the streaming reader gives the decoder (the .mp4, the last copy, none)."""
+    from vidclip.data.shards import iter_shard
+
+    shard = tmp_path / "odd-000000.tar"
+    write_tar(
+        shard,
+        [
+            ("a.webm", b"webm of a"),
+            ("a.mp4", b"mp4 of a"),
+            ("b.mp4", b"first copy of b"),
+            ("b.mp4", b"second copy of b"),
+            ("__meta__/c.mp4", b"not a sample"),
+        ],
+    )
+    read = {raw.key: raw.video()[1] for raw in iter_shard(str(shard)) if raw.video() is not None}
+    assert read == {"a": b"mp4 of a", "b": b"second copy of b"}
+    for key, data in read.items():
+        assert find_video_span(str(shard), key).read() == data
+    with pytest.raises(ShardMemberError):
+        find_video_span(str(shard), "__meta__/c")
+
+
+def test_a_shard_rewritten_in_place_is_located_again(tmp_path):
+    """The same path and size, other contents (as ``cp -p`` leaves it, mtime kept): its members found anew."""
+    shard = tmp_path / "swap-000000.tar"
+    write_tar(shard, [("a.mp4", b"1" * 700), ("b.mp4", b"2" * 1300)])
+    stat = shard.stat()
+    assert find_video_span(str(shard), "a").read() == b"1" * 700
+    replacement = tmp_path / "new.tar"
+    write_tar(replacement, [("a.mp4", b"3" * 1300), ("b.mp4", b"4" * 700)])
+    assert replacement.stat().st_size == stat.st_size
+    os.replace(replacement, shard)
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert find_video_span(str(shard), "a").read() == b"3" * 1300
+
+
+def test_a_shard_gone_or_shrunk_while_serving_is_not_sent_as_complete(tmp_path):
+    from vidclip.data.shard_members import VideoSpan
+    from vidclip.index.media import _read, span_response
+
+    with pytest.raises(FileNotFoundError):  # gone between locating and answering: the route's 404
+        span_response(VideoSpan(tmp_path / "gone.tar", 0, 10, "a.mp4"), None, {})
+    short = tmp_path / "short.tar"
+    short.write_bytes(b"x" * 100)
+    body = _read(open(short, "rb"), 50, 80)  # 30 bytes short
+    with pytest.raises(OSError, match="ended 30 bytes early"):
+        list(body)

@@ -19,7 +19,7 @@ from vidclip.commands import extract as extract_command  # noqa: E402
 from vidclip.commands import index as index_command  # noqa: E402
 from vidclip.commands import zeroshot as zeroshot_command  # noqa: E402
 from vidclip.commands.common import collect_inputs  # noqa: E402
-from vidclip.data.shards import owned_by_process, read_videos, split_ref  # noqa: E402
+from vidclip.data.shards import iter_videos, owned_by_process, split_ref  # noqa: E402
 from vidclip.index import VideoIndex  # noqa: E402
 from vidclip.prepare import write_shards  # noqa: E402
 from vidclip.synthetic import index_frames, write_video  # noqa: E402
@@ -216,15 +216,39 @@ def test_shard_sets_prepared_apart_are_read_together_each_from_its_index(packed,
     ]
 
 
-def test_read_videos_gives_each_samples_bytes_or_why_not(packed, tmp_path):
-    """In the order asked, each shard read once: the bytes of the files packed unchanged; a key not in its
-    shard and a shard that is gone give their reasons."""
+def test_iter_videos_gives_each_samples_bytes_or_why_not(packed, tmp_path):
+    """Each shard read once: the bytes of the files packed unchanged; a key not in its shard and a shard that
+    is gone give their reasons, each at its position."""
     root, _, _ = packed
     files = file_of(root)
     refs = list(files)
     gone = f"{tmp_path / 'videos-000009.tar'}#00000018"
     asked = [refs[3], refs[0], f"{refs[0].split('#')[0]}#nokey", gone, refs[1]]
-    got = read_videos(asked)
+    got = dict(iter_videos(asked))
+    assert sorted(got) == list(range(len(asked)))
     assert [got[0], got[1], got[4]] == [Path(files[ref]).read_bytes() for ref in (refs[3], refs[0], refs[1])]
     assert "not in its shard" in got[2]
     assert got[3].startswith("lost: ") and "no such shard" in got[3]
+
+
+def test_contact_sheets_of_shard_samples_read_each_shard_once(packed, tmp_path, monkeypatch):
+    """4 sheets of 2 over 7 samples in 4 shards: each shard opened once, and every sheet's frames those of the
+    files the samples were packed from."""
+    pytest.importorskip("matplotlib", reason="needs matplotlib: pip install 'vidclip[viz]'")
+    import vidclip.data.shards as shards_module
+    from vidclip import viz
+
+    root, _, _ = packed
+    files = file_of(root)
+    refs = collect_inputs([spec(root)])
+    opened, drawn = [], []
+    open_shard, draw = shards_module.open_shard, viz.contact_sheet
+    monkeypatch.setattr(shards_module, "open_shard", lambda url: opened.append(url) or open_shard(url))
+    monkeypatch.setattr(
+        viz, "contact_sheet", lambda videos, *rest: drawn.extend(videos) or draw(videos, *rest)
+    )
+    table = pd.DataFrame({"video": refs, "label": "square", "score": 1.0, "error": None})
+    sheets = zeroshot_command.write_contact_sheets(table, tmp_path / "sheets", num_frames=4, per_sheet=2)
+    assert len(sheets) == 4 and sorted(opened) == sorted(set(opened)) and len(opened) == 4
+    for ref, frames in zip(refs, drawn, strict=True):
+        assert torch.equal(frames, vidclip.load_video(files[ref], 4, "uniform")), ref

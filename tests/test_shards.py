@@ -257,7 +257,7 @@ def test_truncated_missing_and_incomplete_shards_cost_only_themselves(dataset, t
         (shards / f"test-{k:06d}.tar").write_bytes((dataset / "shards" / f"test-{k:06d}.tar").read_bytes())
     truncated_copy(
         dataset / "shards" / "test-000001.tar", shards / "test-000001.tar", 2
-    )  # cut in sample 3's video
+    )  # cut inside its third member (a sample's first)
     (shards / "test-000003.tar").unlink()  # a missing URL
     video = (dataset / "videos" / "v0.mp4").read_bytes()
     write_shard(
@@ -334,7 +334,9 @@ def test_members_group_into_samples_as_webdataset_groups_them(tmp_path):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
 
-        tar.addfile(tarfile.TarInfo("clips.v1/"), None)
+        folder = tarfile.TarInfo("clips.v1")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
         add("__meta__.json", b"{}")
         add("clips.v1/a.MP4", b"video a")
         add("clips.v1/a.json", b'{"caption": "a"}')
@@ -354,3 +356,31 @@ def test_members_group_into_samples_as_webdataset_groups_them(tmp_path):
         "clips.v1/a",
         "c",
     ]
+
+
+@pytest.mark.parametrize("wanted", [None, {"a"}, {"a", "b"}])
+def test_a_cut_in_the_next_samples_video_keeps_the_whole_sample_before_it(tmp_path, wanted):
+    """Members a.mp4, a.json, b.mp4 (100 kB), b.json, cut 5 kB into b.mp4: sample a was read whole and is
+    given out, with or without asking for b, and the fault names a as the last whole sample."""
+    from vidclip.data.shards import ShardReadError
+
+    shard = tmp_path / "cut-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (
+            ("a.mp4", b"A" * 3000),
+            ("a.json", b"{}"),
+            ("b.mp4", b"B" * 100_000),
+            ("b.json", b"{}"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(shard) as tar:
+        video_b = tar.getmember("b.mp4")
+    shard.write_bytes(shard.read_bytes()[: video_b.offset_data + 5000])
+    got = []
+    with pytest.raises(ShardReadError) as caught:
+        for raw in iter_shard(str(shard), wanted=None if wanted is None else wanted.__contains__):
+            got.append((raw.key, sorted(raw.members)))
+    assert got == [("a", ["json", "mp4"])]
+    assert caught.value.after == "a" and "truncated or corrupt tar" in caught.value.reason

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +35,7 @@ from vidclip.commands.common import (
 from vidclip.commands.eval import write_json
 from vidclip.data.files import display_path
 from vidclip.data.shard_stream import all_refs
-from vidclip.data.shards import read_videos
+from vidclip.data.shards import iter_videos
 from vidclip.inference.classify import classify_videos, evaluate_classification, summarize_splits
 from vidclip.templates import get_templates
 from vidclip.viz import require_plotting
@@ -145,11 +146,12 @@ def write_contact_sheets(
 
     rows = table.to_dict("records")
     paths = list(table["video"]) if paths is None else paths
+    take = _shard_videos(paths) if all_refs(paths) else None
     written = []
     for page, start in enumerate(range(0, len(rows), per_sheet), start=1):
         chunk = rows[start : start + per_sheet]
         opened = paths[start : start + per_sheet]
-        datas = read_videos(opened) if all_refs(opened) else [None] * len(opened)
+        datas = take(range(start, start + len(opened))) if take else [None] * len(opened)
         videos = [
             _sheet_frames(row, path, min(num_frames, 8), decoder, data)
             for row, path, data in zip(chunk, opened, datas, strict=True)
@@ -159,6 +161,25 @@ def write_contact_sheets(
         )
         written.append(viz.save_figure(figure, Path(folder) / f"contact_sheet_{page:03d}.png"))
     return written
+
+
+def _shard_videos(refs: list[str]) -> Callable[[range], list[bytes | str]]:
+    """``take(positions)``: the videos (bytes, or why not) of those references, from one pass over their
+    shards in order; only samples read ahead of their sheet are held."""
+    stream = iter_videos(refs)
+    held: dict[int, bytes | str] = {}
+
+    def take(positions: range) -> list[bytes | str]:
+        for position in positions:
+            while position not in held:
+                got = next(stream, None)
+                if got is None:
+                    held[position] = "not found in its shard"
+                    break
+                held[got[0]] = got[1]
+        return [held.pop(position) for position in positions]
+
+    return take
 
 
 def _sheet_frames(

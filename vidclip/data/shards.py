@@ -25,7 +25,7 @@ import os
 import posixpath
 import re
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 INDEX_SUFFIX = "-samples.parquet"
 INDEX_METADATA_KEY = b"vidclip.shards"
 VIDEO_MEMBERS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "ts", "flv", "ogv", "3gp", "wmv")
+SKIPPED_MEMBERS = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta, given to its tar iterator
 _NUMBERED = re.compile(r"^(?P<prefix>.+)-\d+(\.tar|\.tar\.gz|\.tgz)$")
 
 
@@ -97,6 +98,12 @@ def open_shard(url: str):
     return open(url.removeprefix("file://"), "rb")
 
 
+def video_member(extensions: Iterable[str]) -> str | None:
+    """Which of a sample's member extensions is its video: the first of VIDEO_MEMBERS it has, or None."""
+    present = set(extensions)
+    return next((ext for ext in VIDEO_MEMBERS if ext in present), None)
+
+
 @dataclass
 class RawSample:
     """One sample as the tar holds it: its key and its members' bytes by extension (``mp4``, ``json``...)."""
@@ -106,10 +113,8 @@ class RawSample:
 
     def video(self) -> tuple[str, bytes] | None:
         """(extension, bytes) of the video member, or None when the sample has none."""
-        for ext in VIDEO_MEMBERS:
-            if ext in self.members:
-                return ext, self.members[ext]
-        return None
+        ext = video_member(self.members)
+        return None if ext is None else (ext, self.members[ext])
 
     def metadata(self) -> dict[str, Any]:
         """The sample's JSON (``{}`` without one), with a ``.txt`` caption and a ``.cls`` label folded in."""
@@ -139,15 +144,19 @@ def iter_shard(url: str, wanted: Callable[[str], bool] | None = None) -> Iterato
     except Exception as err:
         raise ShardReadError(url, _reason(err)) from err
 
+    seen = [None]  # the key of the last member header read, wanted or not
+
     def selected(name: str) -> bool:
         key, ext = split_member(name)
+        seen[0] = key
         return key is not None and ext is not None and (wanted is None or wanted(key))
 
     current: RawSample | None = None
     done: str | None = None  # the key of the last sample given out whole
+    fault: Exception | None = None
     try:
         with stream:
-            for member in tar_file_iterator(stream, select_files=selected):
+            for member in tar_file_iterator(stream, skip_meta=SKIPPED_MEMBERS.pattern, select_files=selected):
                 key, ext = split_member(member["fname"])
                 if current is not None and key != current.key:
                     done = current.key
@@ -159,9 +168,22 @@ def iter_shard(url: str, wanted: Callable[[str], bool] | None = None) -> Iterato
     except ShardReadError:
         raise
     except Exception as err:  # a truncated or corrupt tar, a pipe that failed, a connection that dropped
-        raise ShardReadError(url, _reason(err), after=done) from err
-    if current is not None:
+        fault = err
+    if fault is None:
+        if current is not None:
+            yield current
+        return
+    if current is not None and seen[0] != current.key:  # the fault came in a later sample: this one is whole
+        done = current.key
         yield current
+    raise ShardReadError(url, _reason(fault), after=done) from fault
+
+
+def is_skipped(name: str) -> bool:
+    """Whether webdataset's tar iterator passes over a member of this name: its ``__...__`` metadata (a
+    ``__name__`` member, or anything under a ``__folder__/``)."""
+    top_level_meta = "/" not in name and name.startswith("__") and name.endswith("__")
+    return top_level_meta or SKIPPED_MEMBERS.match(name) is not None
 
 
 def split_member(name: str) -> tuple[str | None, str | None]:
@@ -290,14 +312,12 @@ def group_refs(refs: Sequence[str]) -> list[tuple[str, list[tuple[int, str]]]]:
     return list(shards.items())
 
 
-def read_videos(refs: Sequence[str]) -> list[bytes | str]:
-    """The video bytes of each sample reference, reading each shard once; for a sample that cannot be read,
-    the reason instead (a str)."""
-    videos: list[bytes | str] = ["not read"] * len(refs)
+def iter_videos(refs: Sequence[str]) -> Iterator[tuple[int, bytes | str]]:
+    """(position, video bytes) of each sample reference, shard by shard in first-seen order, each shard read
+    once; for a sample that cannot be read, (position, the reason)."""
     for position, raw, reason in iter_wanted(group_refs(refs)):
         video = raw.video() if raw is not None else None
-        videos[position] = video[1] if video is not None else reason or "the sample has no video member"
-    return videos
+        yield position, video[1] if video is not None else reason or "the sample has no video member"
 
 
 def read_shard_set(spec: str | Sequence[str], where: str = "shards") -> ShardSet:

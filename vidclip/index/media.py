@@ -11,13 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from vidclip.data.shard_members import ShardMemberError, VideoSpan, find_video_span
 from vidclip.data.shards import is_remote, split_ref
 
 CHUNK = 256 * 1024
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)  # the range unit is case-insensitive (RFC 9110)
 
 
 class MediaUnavailable(LookupError):
@@ -32,9 +32,9 @@ def locate_media(index: Any, video_id: int) -> Path | VideoSpan:
     """The file of indexed video ``video_id``, or where its shard sample's video lies; MediaUnavailable
     with the reason when it cannot be served."""
     name = index.videos[video_id]
+    path = Path(index.video_file(video_id))
     ref = split_ref(name)
-    if ref is None:
-        path = Path(index.video_file(video_id))
+    if ref is None or path.is_file():  # a file whose name looks like a shard sample's is still a file
         if not path.is_file():
             raise MediaUnavailable(f"video {name!r} was indexed at {path} but is no longer there")
         return path
@@ -59,6 +59,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if match is None or match.groups() == ("", ""):
         return None
     first, last = match.groups()
+    if size == 0:  # no byte of an empty body can be asked for
+        raise RangeNotSatisfiable(f"{header.strip()} of 0 bytes")
     if first == "":  # the last N bytes
         count = int(last)
         if count == 0:
@@ -75,7 +77,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 def span_response(span: VideoSpan, range_header: str | None, headers: dict[str, str]) -> Any:
     """The HTTP response for ``span``: 200 with the whole video, 206 with the asked range, 416 past its end;
-    the bytes are read from the shard as they are sent."""
+    the bytes are read from the shard as they are sent. The shard is opened here, so one gone since it was
+    located raises OSError (for a 404) before anything is sent."""
     from starlette.responses import Response, StreamingResponse
 
     common = {**headers, "Accept-Ranges": "bytes"}
@@ -88,18 +91,23 @@ def span_response(span: VideoSpan, range_header: str | None, headers: dict[str, 
     common["Content-Length"] = str(length)
     if wanted is not None:
         common["Content-Range"] = f"bytes {first}-{last}/{span.size}"
-    body = _read(span.path, span.offset + first, length)
+    stream = open(span.path, "rb")  # closed by the body once sent
     return StreamingResponse(
-        body, status_code=206 if wanted else 200, media_type=span.media_type, headers=common
+        _read(stream, span.offset + first, length),
+        status_code=206 if wanted else 200,
+        media_type=span.media_type,
+        headers=common,
     )
 
 
-def _read(path: Path, offset: int, length: int) -> Iterator[bytes]:
-    with open(path, "rb") as stream:
+def _read(stream: BinaryIO, offset: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of ``stream`` from ``offset``, in chunks; raises OSError (the connection is dropped,
+    not ended early as if complete) when the shard shrank while being sent."""
+    with stream:
         stream.seek(offset)
         while length > 0:
             chunk = stream.read(min(CHUNK, length))
-            if not chunk:  # the shard shrank while it was being sent
-                return
+            if not chunk:
+                raise OSError(f"{stream.name}: the shard ended {length} bytes early while being sent")
             length -= len(chunk)
             yield chunk

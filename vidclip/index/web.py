@@ -31,6 +31,7 @@ from vidclip.index.video_index import MAX_QUERY_CHARS, check_query
 MAX_K = 100  # k outside 1..MAX_K is refused (400), not clamped: the caller learns the limit
 DEFAULT_K = 10
 THUMB_HEIGHT = 160
+MAX_THUMB_SOURCE_BYTES = 512 * 2**20  # a shard sample larger than this gets no thumbnail (it plays still)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # Host headers accepted by default (DNS rebinding)
 _ID = re.compile(r"[0-9]{1,9}")
 
@@ -217,6 +218,11 @@ def thumbnail_jpeg(source: Path | VideoSpan, seconds: float, height: int = THUMB
     from vidclip.video import open_video
 
     if isinstance(source, VideoSpan):
+        if source.size > MAX_THUMB_SOURCE_BYTES:  # decoded from memory: a whole sample is read for a frame
+            raise ValueError(
+                f"the sample's video is {source.size / 2**20:.0f} MiB, over the "
+                f"{MAX_THUMB_SOURCE_BYTES // 2**20} MiB read into memory for a thumbnail"
+            )
         reader = open_video(f"{source.path}#{source.member}", data=source.read())
     else:
         reader = open_video(source)
@@ -297,7 +303,12 @@ def create_app(index: Any, *, allowed_hosts: list[str] | None = None, thumb_cach
     def media(video_id: str, range_header: str | None = Header(default=None, alias="range")) -> Response:
         source = indexed_media(video_id)
         if isinstance(source, VideoSpan):
-            return span_response(source, range_header, headers)
+            try:
+                return span_response(source, range_header, headers)
+            except OSError as err:  # the shard went away since it was located
+                return error(
+                    404, f"video {index.videos[int(video_id)]!r} cannot be read from its shard: {err}"
+                )
         return source if isinstance(source, JSONResponse) else FileResponse(source, headers=headers)
 
     @functools.lru_cache(maxsize=thumb_cache)
