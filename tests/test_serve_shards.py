@@ -6,7 +6,6 @@ it was packed from, a relative shard path resolves where the index was built, an
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import shutil
 import tarfile
@@ -22,6 +21,7 @@ pytest.importorskip("httpx", reason="needs httpx for TestClient: pip install -e 
 from fastapi.testclient import TestClient  # noqa: E402
 
 import vidclip  # noqa: E402
+from tests.test_shards import write_tar  # noqa: E402
 from vidclip.commands import index as index_command  # noqa: E402
 from vidclip.data.shard_members import ShardMemberError, find_video_span  # noqa: E402
 from vidclip.index import VideoIndex  # noqa: E402
@@ -226,14 +226,6 @@ def test_no_range_of_an_empty_body_is_satisfiable(header):
     with pytest.raises(RangeNotSatisfiable):
         parse_range(header, 0)
     assert parse_range(None, 0) is None
-
-
-def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def test_the_page_plays_the_member_the_reader_decodes(tmp_path):

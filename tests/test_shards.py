@@ -37,6 +37,20 @@ NUM_VIDEOS = 10
 PER_SHARD = 2
 
 
+def write_tar(path: Path, members: list[tuple[str, bytes | None]]) -> None:
+    """A tar of these members in this order, byte for byte (``None``: a folder entry): names, order and
+    duplicates that webdataset's writer would not make."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
 def write_shard(path: Path, samples: list[dict]) -> None:
     with webdataset.TarWriter(str(path)) as writer:
         for sample in samples:
@@ -327,22 +341,18 @@ def test_members_group_into_samples_as_webdataset_groups_them(tmp_path):
     from webdataset import WebDataset
 
     shard = tmp_path / "odd-000000.tar"
-    with tarfile.open(shard, "w") as tar:
-
-        def add(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-        folder = tarfile.TarInfo("clips.v1")
-        folder.type = tarfile.DIRTYPE
-        tar.addfile(folder)
-        add("__meta__.json", b"{}")
-        add("clips.v1/a.MP4", b"video a")
-        add("clips.v1/a.json", b'{"caption": "a"}')
-        add("clips.v1/b.seg.mp4", b"video b")
-        add("c.mp4", b"video c")
-        add("c.txt", b"caption c")
+    write_tar(
+        shard,
+        [
+            ("clips.v1", None),  # a folder entry
+            ("__meta__.json", b"{}"),
+            ("clips.v1/a.MP4", b"video a"),
+            ("clips.v1/a.json", b'{"caption": "a"}'),
+            ("clips.v1/b.seg.mp4", b"video b"),
+            ("c.mp4", b"video c"),
+            ("c.txt", b"caption c"),
+        ],
+    )
     ours = [(raw.key, sorted(raw.members.items())) for raw in iter_shard(str(shard))]
     theirs = [
         (sample["__key__"], sorted((k, v) for k, v in sample.items() if not k.startswith("__")))
@@ -365,16 +375,9 @@ def test_a_cut_in_the_next_samples_video_keeps_the_whole_sample_before_it(tmp_pa
     from vidclip.data.shards import ShardReadError
 
     shard = tmp_path / "cut-000000.tar"
-    with tarfile.open(shard, "w") as tar:
-        for name, data in (
-            ("a.mp4", b"A" * 3000),
-            ("a.json", b"{}"),
-            ("b.mp4", b"B" * 100_000),
-            ("b.json", b"{}"),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    write_tar(
+        shard, [("a.mp4", b"A" * 3000), ("a.json", b"{}"), ("b.mp4", b"B" * 100_000), ("b.json", b"{}")]
+    )
     with tarfile.open(shard) as tar:
         video_b = tar.getmember("b.mp4")
     shard.write_bytes(shard.read_bytes()[: video_b.offset_data + 5000])

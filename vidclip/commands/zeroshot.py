@@ -51,7 +51,7 @@ EPILOG = """examples:
 templates: a named set (vifi, video, kinetics, ucf101) or sentences with one {} for the label.
 --show DIR (files mode) writes contact sheets DIR/contact_sheet_001.png, ... of 16 videos each: every video's
 frames, its name and its top-3 labels with their scores; a video that could not be decoded shows why. Shard
-samples are drawn from their bytes, read a sheet at a time.
+samples are drawn from their bytes, each shard read once for all the sheets.
 It needs matplotlib: pip install "vidclip[viz]".
 """
 
@@ -139,7 +139,7 @@ def write_contact_sheets(
 ) -> list[Path]:
     """PNG contact sheets of a prediction table, ``per_sheet`` videos each (``contact_sheet_001.png``...): each
     video's frames (at most 8, uniform), its path and its top-3 labels; a failed video shows its error.
-    ``paths``: the files (or shard samples, read from their shards a sheet at a time) to open, one per row,
+    ``paths``: the files (or shard samples, each shard read once for all the sheets) to open, one per row,
     when the table's ``video`` column is their printable form (:func:`~vidclip.data.files.display_path`); by
     default that column."""
     from vidclip import viz

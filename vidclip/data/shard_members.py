@@ -4,10 +4,10 @@ A tar stores each member's bytes contiguously after its header, so in an uncompr
 video is a byte range of the shard file: :func:`find_video_span` finds it from the tar's headers (Python's
 ``tarfile`` in random-access mode reads the 512-byte headers and seeks over the data) and caches each shard's
 table (its 128 most recently used, keyed by path, size, mtime, inode and ctime), so a page of results reads
-each shard's headers once. Shards read through
-``pipe:`` or fsspec, and compressed shards (``.tar.gz``), have no such byte range: they are refused with the
-reason, as is a sample that is not in its shard or has no video member.
-"""
+each shard's headers once. Shards read through ``pipe:`` or fsspec, and compressed shards (``.tar.gz``), have
+no such byte range: they are refused with the reason, as is a sample that is not in its shard or has no video
+member. Media types come from a table of the video extensions the reader knows, not from the system's
+mime.types (which names ``.ts`` a Qt translation on Debian)."""
 
 from __future__ import annotations
 

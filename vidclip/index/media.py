@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from vidclip.data.shard_members import ShardMemberError, VideoSpan, find_video_span
-from vidclip.data.shards import is_remote, split_ref
+from vidclip.data.shard_members import ShardMemberError, VideoSpan, find_video_span, local_shard_path
+from vidclip.data.shards import split_ref
 
 CHUNK = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)  # the range unit is case-insensitive (RFC 9110)
@@ -33,19 +33,17 @@ def locate_media(index: Any, video_id: int) -> Path | VideoSpan:
     with the reason when it cannot be served."""
     name = index.videos[video_id]
     path = Path(index.video_file(video_id))
-    ref = split_ref(name)
-    if ref is None or path.is_file():  # a file whose name looks like a shard sample's is still a file
-        if not path.is_file():
-            raise MediaUnavailable(f"video {name!r} was indexed at {path} but is no longer there")
+    if path.is_file():  # a file, even one whose name looks like a shard sample's
         return path
-    url, key = ref
-    if not is_remote(url):  # a relative shard path is relative to where the index was built, as files are
-        url = str(Path(index.meta.root, url.removeprefix("file://")))
-    try:
-        return find_video_span(url, key)
+    ref = split_ref(name)
+    if ref is None:
+        raise MediaUnavailable(f"video {name!r} was indexed at {path} but is no longer there")
+    try:  # a relative shard path is relative to where the index was built, as files are
+        shard = Path(index.meta.root, local_shard_path(ref[0]))
+        return find_video_span(str(shard), ref[1])
     except FileNotFoundError:
         raise MediaUnavailable(
-            f"video {name!r} is a sample of the shard {url}, which is no longer there"
+            f"video {name!r} is a sample of the shard {shard}, which is no longer there"
         ) from None
     except (ShardMemberError, OSError) as err:
         raise MediaUnavailable(f"video {name!r} cannot be played from its shard: {err}") from None
